@@ -1,0 +1,140 @@
+"""Argument normalization and validation shared by every operation.
+
+Kernels trust their callers: every check lives here and runs before a kernel.
+Messages name the function, the argument and the shapes involved.
+"""
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_array(func, name, value):
+    """``value`` as an ndarray of a numeric dtype, else ``TypeError``."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biufc":
+        raise TypeError(
+            f"{func}: {name} has dtype {array.dtype}; expected a numeric array "
+            f"(float32 and float64 run compiled kernels)"
+        )
+    return array
+
+
+def uses_kernel(dtype):
+    """float32/float64 run compiled kernels; other numeric dtypes the reference."""
+    return np.dtype(dtype) in KERNEL_DTYPES
+
+
+def check_ndim(func, name, array, ndim, layout):
+    if array.ndim != ndim:
+        raise ValueError(f"{func}: {name} must be {ndim}-D {layout}, got shape {array.shape}")
+
+
+def contiguous(array, dtype):
+    """C-contiguous copy in ``dtype``, or ``array`` itself when it already is one."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def output(func, out, shape, dtype, inputs):
+    """A new result array, or ``out`` once it is checked to fit the result exactly."""
+    shape = tuple(shape)
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{func}: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{func}: out has shape {out.shape} but the result has shape {shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{func}: out has dtype {out.dtype} but the result has dtype {np.dtype(dtype)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{func}: out must be C-contiguous (shape {out.shape}, strides {out.strides})")
+    if not out.flags.writeable:
+        raise ValueError(f"{func}: out is read-only")
+    for name, array in inputs.items():
+        if np.may_share_memory(out, array):
+            raise ValueError(f"{func}: out shares memory with {name} (shape {np.shape(array)})")
+    return out
+
+
+def integer(func, name, value):
+    """``value`` as a Python int (bools and floats are rejected)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be an int, got {value!r}") from None
+
+
+def pair(func, name, value, minimum):
+    """An int or a pair of ints as a ``(h, w)`` tuple, each ``>= minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{func}: {name} must be an int or a pair (h, w), got {value!r}")
+        result = (integer(func, name, value[0]), integer(func, name, value[1]))
+    else:
+        result = (integer(func, name, value),) * 2
+    if min(result) < minimum:
+        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
+    return result
+
+
+class Geometry(NamedTuple):
+    """A sliding window over an (H, W) plane: kernel, stride, dilation, padding
+    (top, bottom, left, right) and the output size (PyTorch's formula)."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pb: int
+    pl: int
+    pr: int
+    oh: int
+    ow: int
+
+
+def geometry(func, input_hw, kernel_size, stride, padding, dilation):
+    """Validate the window arguments against an input plane and size the output."""
+    kh, kw = pair(func, "kernel_size", kernel_size, 1)
+    sh, sw = pair(func, "stride", stride, 1)
+    dh, dw = pair(func, "dilation", dilation, 1)
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if isinstance(padding, str):
+        if padding == "valid":
+            pt = pb = pl = pr = 0
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(f"{func}: padding='same' needs stride 1, got stride={stride!r}")
+            pt, pl = (span_h - 1) // 2, (span_w - 1) // 2
+            pb, pr = span_h - 1 - pt, span_w - 1 - pl
+        else:
+            raise ValueError(f"{func}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        pt, pl = pair(func, "padding", padding, 0)
+        pb, pr = pt, pl
+    h, w = input_hw
+    if h + pt + pb < span_h or w + pl + pr < span_w:
+        raise ValueError(
+            f"{func}: kernel {kh}x{kw} with dilation ({dh}, {dw}) spans {span_h}x{span_w}, "
+            f"larger than the padded input {h + pt + pb}x{w + pl + pr} (input {h}x{w})"
+        )
+    oh = (h + pt + pb - span_h) // sh + 1
+    ow = (w + pl + pr - span_w) // sw + 1
+    return Geometry(kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, oh, ow)
+
+
+def input_shape(func, name, value, ndim=4):
+    """A shape argument as a tuple of ``ndim`` non-negative ints."""
+    try:
+        shape = tuple(integer(func, name, n) for n in value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be a tuple of {ndim} ints, got {value!r}") from None
+    if len(shape) != ndim or min(shape) < 0:
+        raise ValueError(f"{func}: {name} must be {ndim} non-negative ints (N, C, H, W), got {value!r}")
+    return shape
