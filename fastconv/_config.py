@@ -12,6 +12,7 @@
 """
 import os
 import threading
+import types
 from contextlib import nullcontext
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -24,6 +25,15 @@ PARALLEL_THRESHOLD = 1 << 16
 
 def _compile(py_func, parallel):
     options = dict(nogil=True, parallel=parallel, error_model="numpy")
+    if parallel:
+        # numba names cache files after the function and keys them by signature,
+        # not by flags: the parallel build needs a name of its own or it would
+        # load the serial build from the cache.
+        py_func = types.FunctionType(
+            py_func.__code__, py_func.__globals__, py_func.__name__,
+            py_func.__defaults__, py_func.__closure__,
+        )
+        py_func.__qualname__ += "_parallel"
     try:
         return numba.njit(cache=True, **options)(py_func)
     except RuntimeError:  # "cannot cache function ...: no locator available"

@@ -1,0 +1,134 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fastconv as fc
+from fastconv._workloads import HADAMARD
+
+from conftest import DTYPES, layouts, random_array
+
+# (na, nb, *S): the seed shapes, odd sizes, 1-element axes, trailing rank 0-3,
+# and few rows with long rows (the path that splits rows into blocks).
+CASES = [
+    *[(na, nb, nx, ny) for name, (na, nb, nx, ny) in HADAMARD.items() if name != "seed_large"],
+    (1, 1, 1), (1, 7, 13), (5, 1, 3, 1), (3, 2, 1, 1, 1), (7, 11, 13, 2, 3),
+    (2, 3, 40_000), (13, 17), (0, 3, 4, 5), (3, 0, 4), (2, 2, 0, 5),
+]
+
+
+def f_iter(A, B):
+    """The seed's iterative version: one product per pair."""
+    return np.stack([a * b for a, b in itertools.product(A, B)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_exactly_equal_to_references(case, dtype, rng):
+    na, nb, *tail = case
+    A, B = random_array(rng, (na, *tail), dtype), random_array(rng, (nb, *tail), dtype)
+    result = fc.batch_outer_hadamard(A, B)
+    expected = fc.reference.batch_outer_hadamard(A, B)
+    assert result.dtype == dtype and result.shape == expected.shape
+    assert np.array_equal(result, expected)
+    if na and nb:
+        assert np.array_equal(result, f_iter(A, B))
+
+
+@pytest.mark.parametrize("layout", list(layouts(np.zeros((2, 3)))))
+def test_every_input_layout_gives_the_same_result(layout, rng):
+    A, B = random_array(rng, (4, 6, 5)), random_array(rng, (3, 6, 5))
+    expected = fc.reference.batch_outer_hadamard(A, B)
+    assert np.array_equal(fc.batch_outer_hadamard(layouts(A)[layout], layouts(B)[layout]), expected)
+
+
+def test_out_is_filled_and_returned(rng):
+    A, B = random_array(rng, (3, 4, 5)), random_array(rng, (2, 4, 5))
+    out = np.full((6, 4, 5), np.nan)
+    assert fc.batch_outer_hadamard(A, B, out=out) is out
+    assert np.array_equal(out, fc.reference.batch_outer_hadamard(A, B))
+
+
+def test_inputs_are_not_modified(rng):
+    A, B = random_array(rng, (3, 4, 5)), random_array(rng, (2, 4, 5))
+    A0, B0 = A.copy(), B.copy()
+    fc.batch_outer_hadamard(A, B)
+    assert np.array_equal(A, A0) and np.array_equal(B, B0)
+
+
+@pytest.mark.parametrize("a_dtype, b_dtype", [
+    (np.float32, np.float64), (np.int64, np.float32), (np.int32, np.int64),
+    (np.bool_, np.bool_), (np.uint8, np.uint8), (np.complex128, np.float64), (np.float16, np.float32),
+])
+def test_other_dtypes_follow_the_reference(a_dtype, b_dtype, rng):
+    A = (rng.standard_normal((3, 4)) * 100).astype(a_dtype)
+    B = (rng.standard_normal((2, 4)) * 100).astype(b_dtype)
+    result = fc.batch_outer_hadamard(A, B)
+    expected = fc.reference.batch_outer_hadamard(A, B)
+    assert result.dtype == expected.dtype == np.result_type(A, B)
+    assert np.array_equal(result, expected)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value")
+def test_nan_and_inf_propagate():
+    A = np.array([[np.nan, np.inf, 1.0]]); B = np.array([[1.0, 0.0, -np.inf]])
+    assert np.array_equal(fc.batch_outer_hadamard(A, B), A * B, equal_nan=True)
+
+
+# -- bad input: one test per rule ------------------------------------------------
+
+def test_mismatched_trailing_shapes():
+    with pytest.raises(ValueError, match=r"batch_outer_hadamard: .*same trailing shape.*\(2, 3, 4\).*\(2, 3, 5\)"):
+        fc.batch_outer_hadamard(np.ones((2, 3, 4)), np.ones((2, 3, 5)))
+
+
+def test_scalar_inputs():
+    with pytest.raises(ValueError, match=r"batch_outer_hadamard: .*got A \(\) and B \(3,\)"):
+        fc.batch_outer_hadamard(1.0, np.ones(3))
+
+
+@pytest.mark.parametrize("bad", [np.array(["a", "b"]), np.array([None, 1], dtype=object),
+                                 np.array(["2020-01-01"], dtype="datetime64[D]")])
+def test_non_numeric_dtype_is_a_type_error(bad):
+    with pytest.raises(TypeError, match=r"batch_outer_hadamard: B has dtype"):
+        fc.batch_outer_hadamard(np.ones(bad.shape), bad)
+
+
+@pytest.mark.parametrize("out, message", [
+    (np.empty((6, 4)), r"out has shape \(6, 4\) but the result has shape \(6, 5\)"),
+    (np.empty((6, 5), np.float32), r"out has dtype float32 but the result has dtype float64"),
+    (np.empty((5, 6)).T, r"out must be C-contiguous"),
+    ([[0.0] * 5] * 6, r"out must be a numpy.ndarray"),
+])
+def test_bad_out(out, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        fc.batch_outer_hadamard(np.ones((2, 5)), np.ones((3, 5)), out=out)
+
+
+def test_read_only_out():
+    out = np.empty((6, 5)); out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        fc.batch_outer_hadamard(np.ones((2, 5)), np.ones((3, 5)), out=out)
+
+
+def test_out_overlapping_an_input():
+    buffer = np.ones((8, 5))
+    with pytest.raises(ValueError, match=r"out shares memory with A"):
+        fc.batch_outer_hadamard(buffer[2:4], np.ones((3, 5)), out=buffer[2:])
+    assert np.all(buffer == 1.0)
+
+
+# -- properties -----------------------------------------------------------------
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_property_matches_reference(data, dtype):
+    tail = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9), label="S")
+    na, nb = data.draw(st.integers(0, 9), label="na"), data.draw(st.integers(0, 9), label="nb")
+    elements = st.floats(-1e6, 1e6, width=np.dtype(dtype).itemsize * 8)
+    A = data.draw(hnp.arrays(dtype, (na, *tail), elements=elements), label="A")
+    B = data.draw(hnp.arrays(dtype, (nb, *tail), elements=elements), label="B")
+    assert np.array_equal(fc.batch_outer_hadamard(A, B), fc.reference.batch_outer_hadamard(A, B))
