@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+KERNEL_TYPES = (np.float32, np.float64)
 
 
 def as_array(func, name, value):
@@ -24,7 +24,7 @@ def as_array(func, name, value):
 
 def uses_kernel(dtype):
     """float32/float64 run compiled kernels; other numeric dtypes the reference."""
-    return np.dtype(dtype) in KERNEL_DTYPES
+    return np.dtype(dtype).type in KERNEL_TYPES
 
 
 def check_ndim(func, name, array, ndim, layout):
@@ -138,3 +138,36 @@ def input_shape(func, name, value, ndim=4):
     if len(shape) != ndim or min(shape) < 0:
         raise ValueError(f"{func}: {name} must be {ndim} non-negative ints (N, C, H, W), got {value!r}")
     return shape
+
+
+def conv_groups(func, x_shape, weight_shape, groups, x_name="x"):
+    """Check a convolution's channels: x ``(N, C, H, W)`` against weight
+    ``(O, C // groups, KH, KW)`` and ``groups``; return ``groups`` as an int.
+
+    Shared by conv2d and its gradients (pass the input's shape as ``x_shape``).
+    """
+    groups = integer(func, "groups", groups)
+    if groups < 1:
+        raise ValueError(f"{func}: groups must be >= 1, got {groups}")
+    c, (o, cg) = x_shape[1], weight_shape[:2]
+    if c % groups:
+        raise ValueError(f"{func}: {x_name} has {c} channels, not divisible by groups={groups}")
+    if o % groups:
+        raise ValueError(f"{func}: weight has {o} output channels, not divisible by groups={groups}")
+    if cg != c // groups:
+        raise ValueError(
+            f"{func}: weight has {cg} input channels per group but {x_name} has {c} channels "
+            f"(groups={groups})"
+        )
+    if min(weight_shape[2:]) < 1:
+        raise ValueError(f"{func}: weight has an empty kernel, shape {tuple(weight_shape)}")
+    return groups
+
+
+def check_bias(func, bias, out_channels):
+    """``bias`` must have shape ``(O,)``."""
+    if bias.shape != (out_channels,):
+        raise ValueError(
+            f"{func}: bias must have shape ({out_channels},) for {out_channels} output channels, "
+            f"got {bias.shape}"
+        )

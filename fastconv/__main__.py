@@ -1,0 +1,190 @@
+"""``python -m fastconv``: every implemented operation on the seeds' workloads,
+beside its einsum reference and its peers, checked for agreement and timed."""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import fastconv as fc
+from fastconv import _workloads as W
+
+#: Agreement tolerance relative to max |reference| (summation order differs).
+RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _conv_args(rng, dtype, n, c, h, w, o, k, stride, padding, groups=1):
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((o, c // groups, k, k)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    return (x, weight, bias), dict(stride=stride, padding=padding, groups=groups)
+
+
+def _conv_backward(module):
+    def backward(x, weight, grad_out, **kw):
+        return (module.conv2d_grad_input(grad_out, weight, x.shape, **kw),
+                module.conv2d_grad_weight(x, grad_out, weight.shape, **kw),
+                module.conv2d_grad_bias(grad_out))
+    return backward
+
+
+def _jobs(rng, dtype, quick):
+    """(op, workload, args, kwargs, {method: callable}) for every implemented op."""
+    torch = _torch()
+    T = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if torch else None
+    pick = (lambda table: dict(list(table.items())[:2])) if quick else (lambda table: table)
+
+    for name, (na, nb, nx, ny) in pick(W.HADAMARD).items():
+        A = rng.standard_normal((na, nx, ny)).astype(dtype)
+        B = rng.standard_normal((nb, nx, ny)).astype(dtype)
+        methods = {"numpy_broadcast": lambda A=A, B=B: (A[:, None] * B[None]).reshape(-1, *A.shape[1:])}
+        if torch:
+            methods["torch"] = lambda A=T(A), B=T(B): (A[:, None] * B[None]).reshape(-1, *A.shape[1:])
+        yield "batch_outer_hadamard", name, (A, B), {}, methods
+
+    if hasattr(fc, "im2col"):
+        for name, (n, c, h, w, k, s, p) in pick(W.IM2COL).items():
+            x = rng.standard_normal((n, c, h, w)).astype(dtype)
+            methods = {}
+            if torch:
+                unfold = torch.nn.functional.unfold
+                methods["torch"] = lambda x=T(x), k=k, s=s, p=p: unfold(x, k, stride=s, padding=p)
+            yield "im2col", name, (x, k), dict(stride=s, padding=p), methods
+
+    if hasattr(fc, "conv2d"):
+        for name, dims in pick(W.CONV2D).items():
+            args, kw = _conv_args(rng, dtype, *dims)
+            methods = {}
+            if torch:
+                targs = [T(a) for a in args]
+                methods["torch"] = lambda targs=targs, kw=kw: torch.nn.functional.conv2d(*targs, **kw)
+            yield "conv2d", name, args, kw, methods
+
+    if hasattr(fc, "conv2d_grad_input"):
+        for name, dims in pick(W.CONV2D_BACKWARD).items():
+            (x, weight, _), kw = _conv_args(rng, dtype, *dims)
+            grad_out = fc.conv2d(x, weight, **kw)
+            yield "conv2d_backward", name, (x, weight, grad_out), kw, {}
+
+    if hasattr(fc, "linear"):
+        for name, (n, i, o) in pick(W.LINEAR).items():
+            args = tuple(rng.standard_normal(s).astype(dtype) for s in [(n, i), (i, o), (o,)])
+            methods = {"numpy": lambda x=args[0], w=args[1], b=args[2]: x @ w + b}
+            yield "linear", name, args, {}, methods
+
+    if hasattr(fc, "softmax_backward"):
+        for name, shape in pick(W.SOFTMAX).items():
+            s = fc.softmax(rng.standard_normal(shape).astype(dtype))
+            g = rng.standard_normal(shape).astype(dtype)
+            methods = {"numpy_closed_form": lambda s=s, g=g: s * (g - (s * g).sum(-1, keepdims=True))}
+            yield "softmax_backward", name, (s, g), {}, methods
+
+
+def _fast(op):
+    return _conv_backward(fc) if op == "conv2d_backward" else getattr(fc, op)
+
+
+def _reference(op):
+    return _conv_backward(fc.reference) if op == "conv2d_backward" else getattr(fc.reference, op)
+
+
+#: The Jacobian reference of softmax_backward needs N*O*O memory: time it on
+#: this many rows and scale to the full batch.
+_REFERENCE_ROWS = {"softmax_backward": 64}
+
+
+def _best_time(run, budget):
+    """Best wall time of repeated calls within ``budget`` seconds (at least 2 calls)."""
+    times, spent = [], 0.0
+    while len(times) < 2 or (spent < budget and len(times) < 50):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return min(times), result
+
+
+def _agrees(result, expected):
+    results = result if isinstance(result, tuple) else (result,)
+    expecteds = expected if isinstance(expected, tuple) else (expected,)
+    for r, e in zip(results, expecteds):
+        r, e = np.asarray(r), np.asarray(e)
+        if r.shape != e.shape:
+            return False
+        scale = max(float(np.abs(e).max(initial=0)), 1e-300)
+        if float(np.abs(r - e).max(initial=0)) > RTOL[e.dtype] * scale:
+            return False
+    return True
+
+
+def _format_time(seconds):
+    for unit, factor in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= factor:
+            return f"{seconds / factor:7.3g} {unit}"
+    return f"{seconds / 1e-6:7.3g} µs"
+
+
+def run(dtypes, quick, budget, log=sys.stderr):
+    rows = []
+    rng = np.random.default_rng(0)
+    jobs = [(dtype, *job) for dtype in dtypes for job in _jobs(rng, dtype, quick)]
+    for number, (dtype, op, name, args, kw, peers) in enumerate(jobs, 1):
+        print(f"[{number}/{len(jobs)}] {op} {name} {np.dtype(dtype).name} ...", file=log, flush=True)
+        rows_limit = _REFERENCE_ROWS.get(op)
+        if rows_limit and len(args[0]) > rows_limit:
+            ref_args, scale = tuple(a[:rows_limit] for a in args), len(args[0]) / rows_limit
+        else:
+            ref_args, scale = args, 1.0
+        ref_time, expected = _best_time(lambda: _reference(op)(*ref_args, **kw), budget)
+        ref_time *= scale
+        fast_time, result = _best_time(lambda: _fast(op)(*args, **kw), budget)
+        if scale != 1.0:
+            agrees = _agrees(_fast(op)(*ref_args, **kw), expected)
+        else:
+            agrees = _agrees(result, expected)
+        label = f"reference{' (scaled)' if scale != 1.0 else ''}"
+        rows.append((op, name, np.dtype(dtype).name, label, ref_time, 1.0, "-"))
+        rows.append((op, name, np.dtype(dtype).name, "fastconv", fast_time, ref_time / fast_time,
+                     "yes" if agrees else "NO"))
+        for peer, call in peers.items():
+            peer_time, _ = _best_time(call, budget)
+            rows.append((op, name, np.dtype(dtype).name, peer, peer_time, ref_time / peer_time, "-"))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
+    parser.add_argument("--threads", type=int, help="threads for fastconv (and torch); default: all cores")
+    parser.add_argument("--quick", action="store_true", help="small workloads only, short timing")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+        torch = _torch()
+        if torch:
+            torch.set_num_threads(args.threads)
+    dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
+    rows = run(dtypes, args.quick, budget=0.2 if args.quick else 1.0)
+    header = ("operation", "workload", "dtype", "method", "time", "speed-up", "agrees")
+    print(f"{header[0]:<22} {header[1]:<15} {header[2]:<8} {header[3]:<20} {header[4]:>10} "
+          f"{header[5]:>9} {header[6]:>6}")
+    for op, name, dtype, method, seconds, speedup, agrees in rows:
+        print(f"{op:<22} {name:<15} {dtype:<8} {method:<20} {_format_time(seconds):>10} "
+              f"{speedup:>8.2f}x {agrees:>6}")
+    if any(row[-1] == "NO" for row in rows):
+        print("fastconv disagrees with its reference on the rows marked NO", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
