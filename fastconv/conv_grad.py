@@ -1,0 +1,240 @@
+"""Gradients of conv2d: dL/dx, dL/dW and dL/db for every configuration conv2d accepts.
+
+* grad_input is a transposed convolution: per chunk of images, ``Wᵀ · grad_out``
+  (one GEMM per group) gives the column gradients, which col2im scatters back
+  race-free (one task per input plane).
+* grad_weight is a GEMM against the im2col columns: ``grad_out (O, n*OH*OW) ·
+  cols (n*OH*OW, C*KH*KW)`` summed over chunks of images.
+* Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
+  direct loop kernels (one task per output plane, no shared writes).
+"""
+import numpy as np
+from numba import prange
+
+from . import reference
+from ._args import as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
+from ._args import input_shape as shape_argument
+from ._config import kernel
+from .im2col import col2im_stacked_into, im2col_into
+
+__all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
+
+#: Column-buffer budget per chunk of images (stays in L2/L3 between im2col and GEMM).
+_CHUNK_BYTES = 8 << 20
+#: Below this many multiply-adds the direct kernels beat im2col + GEMM.
+_DIRECT_MACS = 1 << 16
+
+
+@kernel
+def _grad_input_direct(grad_out, w, dx, groups, sh, sw, dh, dw, pt, pl):
+    """dx[n, c] = sum over the group's filters and taps of w * grad_out (one task per plane)."""
+    n_images, channels, h, width = dx.shape
+    o_total, cg, kh, kw = w.shape
+    og = o_total // groups
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    for task in prange(n_images * channels):
+        n = task // channels
+        c = task - n * channels
+        g = c // cg
+        ci = c - g * cg
+        plane = dx[n, c]
+        plane[:, :] = 0
+        for o in range(g * og, (g + 1) * og):
+            src = grad_out[n, o]
+            for i in range(kh):
+                for j in range(kw):
+                    weight = w[o, ci, i, j]
+                    for y in range(oh):
+                        ih = y * sh - pt + i * dh
+                        if 0 <= ih < h:
+                            row = plane[ih]
+                            for q in range(ow):
+                                iw = q * sw - pl + j * dw
+                                if 0 <= iw < width:
+                                    row[iw] += weight * src[y, q]
+
+
+@kernel
+def _grad_weight_direct(x, grad_out, dw_out, groups, sh, sw, dh, dw, pt, pl):
+    """dW[o, ci, i, j] = sum over images and positions of grad_out * x (one task per filter)."""
+    n_images, channels, h, width = x.shape
+    o_total, cg, kh, kw = dw_out.shape
+    og = o_total // groups
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    for o in prange(o_total):
+        g = o // og
+        for ci in range(cg):
+            c = g * cg + ci
+            for i in range(kh):
+                for j in range(kw):
+                    total = dw_out.dtype.type(0)
+                    for n in range(n_images):
+                        src, plane = grad_out[n, o], x[n, c]
+                        for y in range(oh):
+                            ih = y * sh - pt + i * dh
+                            if 0 <= ih < h:
+                                for q in range(ow):
+                                    iw = q * sw - pl + j * dw
+                                    if 0 <= iw < width:
+                                        total += src[y, q] * plane[ih, iw]
+                    dw_out[o, ci, i, j] = total
+
+
+def _check_grad_out(func, grad_out, expected):
+    if grad_out.shape != expected:
+        raise ValueError(f"{func}: grad_out has shape {grad_out.shape} but the convolution's "
+                         f"output has shape {expected}")
+
+
+def _chunk(n, bytes_per_image):
+    return max(1, min(n, _CHUNK_BYTES // max(bytes_per_image, 1)))
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of :func:`fastconv.conv2d` with respect to its input ``x``.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape (N, O, OH, OW)
+        dL/dy for ``y = conv2d(x, weight, ...)``.
+    weight : array_like, shape (O, C // groups, KH, KW)
+    input_shape : tuple of 4 ints
+        The shape (N, C, H, W) of ``x``.
+    stride, padding, dilation, groups
+        As given to :func:`fastconv.conv2d`.
+
+    Returns
+    -------
+    ndarray, shape input_shape
+        dL/dx, in ``np.result_type(grad_out, weight)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.conv2d_grad_input(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), (1, 1, 3, 3))
+    array([[[[1., 2., 1.],
+             [2., 4., 2.],
+             [1., 2., 1.]]]])
+    """
+    func = "conv2d_grad_input"
+    grad_out, weight = as_array(func, "grad_out", grad_out), as_array(func, "weight", weight)
+    check_ndim(func, "grad_out", grad_out, 4, "(N, O, OH, OW)")
+    check_ndim(func, "weight", weight, 4, "(O, C // groups, KH, KW)")
+    shape = shape_argument(func, "input_shape", input_shape)
+    groups = conv_groups(func, shape, weight.shape, groups, x_name="input_shape")
+    geom = geometry(func, shape[2:], weight.shape[2:], stride, padding, dilation)
+    n, c = shape[:2]
+    o = weight.shape[0]
+    _check_grad_out(func, grad_out, (n, o, geom.oh, geom.ow))
+    dtype = np.result_type(grad_out, weight)
+    if not uses_kernel(dtype):
+        return reference.conv2d_grad_input(grad_out, weight, shape, stride=stride,
+                                           padding=padding, dilation=dilation, groups=groups)
+    dx = np.empty(shape, dtype)
+    if not dx.size:
+        return dx
+    if o == 0:
+        dx[...] = 0
+        return dx
+    go, w = contiguous(grad_out, dtype), contiguous(weight, dtype)
+    g = geom
+    macs = go.size * w.shape[1] * g.kh * g.kw
+    if w.shape[1] == 1 or macs < _DIRECT_MACS:
+        _grad_input_direct(go, w, dx, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
+        return dx
+    rows, ohw = c * g.kh * g.kw, g.oh * g.ow
+    rg, og = rows // groups, o // groups
+    w_t = w.reshape(groups, og, rg).transpose(0, 2, 1)  # (groups, Rg, Og)
+    go3 = go.reshape(n, o, ohw)
+    chunk = _chunk(n, rows * ohw * dx.itemsize)
+    cols = np.empty((chunk, rows, ohw), dtype)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        buf = cols[:stop - start]
+        for k in range(groups):
+            np.matmul(w_t[k], go3[start:stop, k * og:(k + 1) * og], out=buf[:, k * rg:(k + 1) * rg])
+        col2im_stacked_into(buf, geom, dx[start:stop])
+    return dx
+
+
+def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of :func:`fastconv.conv2d` with respect to its ``weight``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    grad_out : array_like, shape (N, O, OH, OW)
+    weight_shape : tuple of 4 ints
+        The shape (O, C // groups, KH, KW) of the weight.
+    stride, padding, dilation, groups
+        As given to :func:`fastconv.conv2d`.
+
+    Returns
+    -------
+    ndarray, shape weight_shape
+        dL/dW ``= einsum('nchwkl,nohw->ockl', windows, grad_out)`` per group.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> fc.conv2d_grad_weight(x, np.ones((1, 1, 2, 2)), (1, 1, 2, 2))
+    array([[[[ 8., 12.],
+             [20., 24.]]]])
+    """
+    func = "conv2d_grad_weight"
+    x, grad_out = as_array(func, "x", x), as_array(func, "grad_out", grad_out)
+    check_ndim(func, "x", x, 4, "(N, C, H, W)")
+    check_ndim(func, "grad_out", grad_out, 4, "(N, O, OH, OW)")
+    shape = shape_argument(func, "weight_shape", weight_shape)
+    groups = conv_groups(func, x.shape, shape, groups)
+    geom = geometry(func, x.shape[2:], shape[2:], stride, padding, dilation)
+    n, c = x.shape[:2]
+    o = shape[0]
+    _check_grad_out(func, grad_out, (n, o, geom.oh, geom.ow))
+    dtype = np.result_type(x, grad_out)
+    if not uses_kernel(dtype):
+        return reference.conv2d_grad_weight(x, grad_out, shape, stride=stride, padding=padding,
+                                            dilation=dilation, groups=groups)
+    dW = np.zeros(shape, dtype)
+    if not dW.size or not x.size:
+        return dW
+    x, go = contiguous(x, dtype), contiguous(grad_out, dtype)
+    g = geom
+    macs = go.size * shape[1] * g.kh * g.kw
+    if shape[1] == 1 or macs < _DIRECT_MACS:
+        _grad_weight_direct(x, go, dW, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
+        return dW
+    rows, ohw = c * g.kh * g.kw, g.oh * g.ow
+    rg, og = rows // groups, o // groups
+    dW3 = dW.reshape(groups, og, rg)
+    chunk = _chunk(n, (rows + o) * ohw * dW.itemsize)
+    cols_buffer = np.empty(rows * chunk * ohw, dtype)
+    grad_buffer = np.empty(o * chunk * ohw, dtype)
+    for start in range(0, n, chunk):
+        images = min(n, start + chunk) - start
+        cols = im2col_into(x[start:start + images], geom,
+                           cols_buffer[:rows * images * ohw].reshape(rows, images * ohw))
+        grads = grad_buffer[:o * images * ohw].reshape(o, images, ohw)
+        grads[...] = go[start:start + images].reshape(images, o, ohw).transpose(1, 0, 2)
+        grads = grads.reshape(o, images * ohw)
+        for k in range(groups):
+            dW3[k] += grads[k * og:(k + 1) * og] @ cols[k * rg:(k + 1) * rg].T
+    return dW
+
+
+def conv2d_grad_bias(grad_out):
+    """Gradient of :func:`fastconv.conv2d` with respect to its ``bias``: ``grad_out.sum((0, 2, 3))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.conv2d_grad_bias(np.ones((2, 3, 4, 5)))
+    array([40., 40., 40.])
+    """
+    func = "conv2d_grad_bias"
+    grad_out = as_array(func, "grad_out", grad_out)
+    check_ndim(func, "grad_out", grad_out, 4, "(N, O, OH, OW)")
+    if not uses_kernel(grad_out.dtype):
+        return reference.conv2d_grad_bias(grad_out)
+    return grad_out.sum(axis=(0, 2, 3))

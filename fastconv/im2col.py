@@ -1,0 +1,250 @@
+"""im2col / col2im: sliding windows of an NCHW batch as GEMM-ready columns, and
+the adjoint that scatter-adds columns back into images.
+
+Two column layouts share one pair of kernels (the row of a column block is
+``row_index = r * row_stride + n * image_stride`` in a 2-D ``(rows, OH*OW)``
+array):
+
+* the public layout ``(C*KH*KW, N*OH*OW)`` (``row_stride = N``, ``image_stride = 1``),
+  and
+* the stacked per-image layout ``(N, C*KH*KW, OH*OW)`` (``row_stride = 1``,
+  ``image_stride = C*KH*KW`` or more), which is what a per-image GEMM against
+  ``W.reshape(O, -1)`` wants: it writes NCHW directly, no transpose pass.
+
+``im2col_into`` / ``col2im_into`` and their ``_stacked`` forms are package-internal
+building blocks (conv2d and its gradients): they take validated C-contiguous arrays
+and a :class:`fastconv._args.Geometry` and trust them.
+"""
+import numpy as np
+from numba import prange
+
+from . import reference
+from ._args import as_array, check_ndim, contiguous, geometry, output, uses_kernel
+from ._args import input_shape as _shape_argument
+from ._config import kernel
+
+__all__ = ["im2col", "col2im"]
+
+
+@kernel
+def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+    """out[r*row_stride + n*image_stride, oh*OW + ow] = x_padded[n, c, ih, iw]."""
+    n_images, channels, h, w = x.shape
+    kk = kh * kw
+    rows = channels * kk
+    for task in prange(rows * n_images):
+        r = task // n_images
+        n = task - r * n_images
+        c = r // kk
+        k = r - c * kk
+        i = k // kw
+        j = k - i * kw
+        o = out[r * row_stride + n * image_stride]
+        plane = x[n, c]
+        off = j * dw - pl
+        # output columns whose input column off + q*sw lies inside [0, w)
+        q0 = 0
+        if off < 0:
+            q0 = min((-off + sw - 1) // sw, ow)
+        q1 = ow
+        if off + (ow - 1) * sw >= w:
+            q1 = max((w - off + sw - 1) // sw, q0)
+        for y in range(oh):
+            ih = y * sh - pt + i * dh
+            d = y * ow
+            if ih < 0 or ih >= h:
+                for q in range(ow):
+                    o[d + q] = 0
+            else:
+                src = plane[ih]
+                for q in range(q0):
+                    o[d + q] = 0
+                if sw == 1:
+                    for q in range(q0, q1):
+                        o[d + q] = src[q + off]
+                else:
+                    for q in range(q0, q1):
+                        o[d + q] = src[q * sw + off]
+                for q in range(q1, ow):
+                    o[d + q] = 0
+
+
+@kernel
+def _col2im(cols, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+    """out[n, c, ih, iw] = sum of the column entries read from there (one task per plane)."""
+    n_images, channels, h, w = out.shape
+    kk = kh * kw
+    for task in prange(n_images * channels):
+        n = task // channels
+        c = task - n * channels
+        plane = out[n, c]
+        for a in range(h):
+            for b in range(w):
+                plane[a, b] = 0
+        for k in range(kk):
+            i = k // kw
+            j = k - i * kw
+            src = cols[(c * kk + k) * row_stride + n * image_stride]
+            off = j * dw - pl
+            q0 = 0
+            if off < 0:
+                q0 = min((-off + sw - 1) // sw, ow)
+            q1 = ow
+            if off + (ow - 1) * sw >= w:
+                q1 = max((w - off + sw - 1) // sw, q0)
+            for y in range(oh):
+                ih = y * sh - pt + i * dh
+                if ih < 0 or ih >= h:
+                    continue
+                dst = plane[ih]
+                d = y * ow
+                if sw == 1:
+                    for q in range(q0, q1):
+                        dst[q + off] += src[d + q]
+                else:
+                    for q in range(q0, q1):
+                        dst[q * sw + off] += src[d + q]
+
+
+def _window(geom):
+    g = geom
+    return g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow
+
+
+def im2col_into(x, geom, out):
+    """Columns of ``x`` (N, C, H, W) into ``out`` (C*KH*KW, N*OH*OW), the public layout.
+
+    Package-internal: ``x`` and ``out`` are C-contiguous of one float dtype and
+    ``geom`` was made by :func:`fastconv._args.geometry` for ``x``.
+    """
+    n, c = x.shape[:2]
+    rows = c * geom.kh * geom.kw
+    if out.size:
+        _im2col(x, out.reshape(rows * n, geom.oh * geom.ow), n, 1, *_window(geom), work=out.size)
+    return out
+
+
+def im2col_stacked_into(x, geom, out):
+    """Columns of ``x`` (N, C, H, W) into ``out`` (N, R, OH*OW) with ``R >= C*KH*KW``.
+
+    Image ``n``'s columns are ``out[n, :C*KH*KW]`` (rows beyond are left alone,
+    e.g. a row of ones that folds a bias into the GEMM). Package-internal, as
+    :func:`im2col_into`.
+    """
+    n, c = x.shape[:2]
+    stride = out.shape[1]
+    if out.size and c:
+        _im2col(x, out.reshape(n * stride, geom.oh * geom.ow), 1, stride, *_window(geom),
+                work=n * c * geom.kh * geom.kw * geom.oh * geom.ow)
+    return out
+
+
+def col2im_into(cols, geom, out):
+    """Adjoint of :func:`im2col_into`: ``cols`` (C*KH*KW, N*OH*OW) summed into ``out`` (N, C, H, W)."""
+    n, c = out.shape[:2]
+    rows = c * geom.kh * geom.kw
+    if out.size:
+        _col2im(cols.reshape(rows * n, geom.oh * geom.ow), out, n, 1, *_window(geom),
+                work=max(out.size, cols.size))
+    return out
+
+
+def col2im_stacked_into(cols, geom, out):
+    """Adjoint of :func:`im2col_stacked_into`: ``cols`` (N, R, OH*OW), rows ``:C*KH*KW`` used."""
+    n = out.shape[0]
+    stride = cols.shape[1]
+    if out.size:
+        _col2im(cols.reshape(n * stride, geom.oh * geom.ow), out, 1, stride, *_window(geom),
+                work=max(out.size, cols.size))
+    return out
+
+
+def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
+    """Sliding windows of an NCHW batch as the columns of a matrix.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int), 'valid' or 'same'
+        Zero padding, as in ``torch.nn.functional.conv2d`` ('same' needs stride 1).
+    out : ndarray, shape (C*KH*KW, N*OH*OW), optional
+        C-contiguous, of ``x``'s dtype, sharing no memory with ``x``.
+
+    Returns
+    -------
+    ndarray, shape (C*KH*KW, N*OH*OW)
+        Row ``c*KH*KW + kh*KW + kw``, column ``n*OH*OW + oh*OW + ow`` holds
+        ``x_padded[n, c, oh*sh + kh*dh, ow*sw + kw*dw]``, so that
+        ``W.reshape(O, -1) @ im2col(x, ...)`` is the convolution (as (O, N*OH*OW)).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.im2col import im2col   # also fastconv.im2col (the function)
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> im2col(x, 2)
+    array([[0., 1., 3., 4.],
+           [1., 2., 4., 5.],
+           [3., 4., 6., 7.],
+           [4., 5., 7., 8.]])
+    """
+    func = "im2col"
+    x = as_array(func, "x", x)
+    check_ndim(func, "x", x, 4, "(N, C, H, W)")
+    geom = geometry(func, x.shape[2:], kernel_size, stride, padding, dilation)
+    n, c = x.shape[:2]
+    shape = (c * geom.kh * geom.kw, n * geom.oh * geom.ow)
+    result = output(func, out, shape, x.dtype, {"x": x})
+    if not uses_kernel(x.dtype):
+        return reference.im2col(x, kernel_size, stride=stride, padding=padding,
+                                dilation=dilation, out=result)
+    return im2col_into(contiguous(x, x.dtype), geom, result)
+
+
+def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
+    """Scatter-add columns back into an NCHW batch: the adjoint of :func:`im2col`.
+
+    Parameters
+    ----------
+    cols : array_like, shape (C*KH*KW, N*OH*OW)
+        Columns in :func:`im2col`'s layout.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the images the columns were taken from.
+    kernel_size, stride, padding, dilation
+        As for :func:`im2col`.
+    out : ndarray, shape input_shape, optional
+        C-contiguous, of ``cols``'s dtype, sharing no memory with ``cols``.
+
+    Returns
+    -------
+    ndarray, shape (N, C, H, W)
+        Every column entry added to the pixel it was read from (overlaps summed,
+        entries that came from the padding dropped), so that
+        ``<im2col(x), c> == <x, col2im(c)>``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.im2col import col2im   # also fastconv.col2im
+    >>> col2im(np.ones((4, 4)), (1, 1, 3, 3), 2)
+    array([[[[1., 2., 1.],
+             [2., 4., 2.],
+             [1., 2., 1.]]]])
+    """
+    func = "col2im"
+    cols = as_array(func, "cols", cols)
+    shape = _shape_argument(func, "input_shape", input_shape)
+    geom = geometry(func, shape[2:], kernel_size, stride, padding, dilation)
+    n, c = shape[:2]
+    expected = (c * geom.kh * geom.kw, n * geom.oh * geom.ow)
+    if cols.shape != expected:
+        raise ValueError(
+            f"{func}: cols has shape {cols.shape} but input_shape {shape} with kernel "
+            f"{geom.kh}x{geom.kw} and output {geom.oh}x{geom.ow} needs (C*KH*KW, N*OH*OW) = {expected}"
+        )
+    result = output(func, out, shape, cols.dtype, {"cols": cols})
+    if not uses_kernel(cols.dtype):
+        return reference.col2im(cols, shape, kernel_size, stride=stride, padding=padding,
+                                dilation=dilation, out=result)
+    return col2im_into(contiguous(cols, cols.dtype), geom, result)

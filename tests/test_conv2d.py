@@ -1,0 +1,241 @@
+"""conv2d forward against fastconv.reference (and im2col + GEMM), over one case table."""
+import threading
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_matches, layouts, random_array
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv as fc
+from fastconv import reference
+
+# name -> (x shape, weight shape, stride, padding, dilation, groups); the comments
+# name the kernel path the case exercises (see fastconv/conv.py).
+CASES = {
+    "seed_tiny": ((4, 4, 5, 5), (10, 4, 3, 3), 1, 1, 1, 1),              # direct
+    "seed_patch": ((64, 64, 3, 3), (8, 64, 3, 3), 1, 0, 1, 1),          # whole window GEMM
+    "gemm_3x3": ((3, 64, 6, 6), (16, 64, 3, 3), 1, 1, 1, 1),            # im2col + GEMM
+    "gemm_pairs": ((2, 32, 11, 7), (24, 32, 3, 2), (2, 1), (1, 2), (2, 1), 1),
+    "gemm_same": ((2, 32, 9, 10), (20, 32, 4, 3), 1, "same", (1, 2), 1),
+    "gemm_valid": ((2, 48, 9, 8), (40, 48, 2, 3), (1, 2), "valid", 1, 1),
+    "gemm_groups": ((2, 32, 10, 10), (32, 8, 3, 3), 2, 1, 1, 4),
+    "gemm_1x1_strided": ((2, 128, 9, 9), (64, 128, 1, 1), 2, 0, 1, 1),
+    "gemm_1x1_padded": ((2, 128, 5, 5), (64, 128, 1, 1), 1, 1, 1, 1),
+    "pointwise": ((2, 128, 7, 9), (64, 128, 1, 1), 1, 0, 1, 1),         # plain GEMM
+    "whole_window_pairs": ((3, 64, 4, 5), (16, 64, 4, 5), 3, 0, 1, 1),
+    "depthwise": ((2, 6, 9, 7), (6, 1, 3, 3), 1, "same", 1, 6),
+    "depthwise_multiplier": ((2, 4, 9, 7), (12, 1, 3, 2), (2, 1), 1, (1, 2), 4),
+    "depthwise_big": ((1, 8, 40, 33), (8, 1, 3, 3), 1, 1, 1, 8),
+    "stem_small": ((2, 3, 30, 30), (16, 3, 7, 7), 2, 3, 1, 1),
+    "direct_groups": ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2),
+    "direct_stride_dilation": ((2, 3, 11, 10), (5, 3, 3, 2), (2, 3), (1, 0), (2, 2), 1),
+    "size_one": ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1),
+    "kernel_is_input": ((2, 3, 5, 5), (4, 3, 5, 5), 1, 0, 1, 1),
+    "primes": ((3, 5, 7, 13), (11, 5, 5, 3), (2, 3), (2, 1), 1, 1),
+    "padding_beyond_kernel": ((1, 2, 3, 3), (3, 2, 2, 2), 1, 3, 1, 1),
+    "empty_batch": ((0, 4, 5, 5), (10, 4, 3, 3), 1, 1, 1, 1),
+    "empty_out_channels": ((2, 4, 5, 5), (0, 4, 3, 3), 1, 1, 1, 1),
+    "empty_in_channels": ((2, 0, 5, 5), (3, 0, 3, 3), 1, 1, 1, 1),
+}
+
+
+def _kwargs(case):
+    _, _, s, p, d, g = case
+    return dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def _arrays(rng, case, dtype, bias=True):
+    x = random_array(rng, case[0], dtype)
+    w = random_array(rng, case[1], dtype)
+    b = random_array(rng, (case[1][0],), dtype) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", CASES)
+def test_matches_reference(name, dtype, bias, rng):
+    case = CASES[name]
+    x, w, b = _arrays(rng, case, dtype, bias)
+    assert_matches(fc.conv2d(x, w, b, **_kwargs(case)), reference.conv2d(x, w, b, **_kwargs(case)))
+
+
+@pytest.mark.parametrize("name", ["seed_tiny", "gemm_3x3", "gemm_pairs", "stem_small", "gemm_1x1_padded"])
+def test_equals_im2col_then_gemm(name, rng):
+    case = CASES[name]
+    x, w, b = _arrays(rng, case, np.float64)
+    kw = _kwargs(case)
+    del kw["groups"]
+    y = fc.conv2d(x, w, b, **kw)
+    cols = fc.im2col(x, w.shape[2:], **kw)
+    n, o = x.shape[0], w.shape[0]
+    expected = (w.reshape(o, -1) @ cols + b[:, None]).reshape(o, n, *y.shape[2:]).transpose(1, 0, 2, 3)
+    assert_matches(y, expected)
+
+
+@pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))
+@pytest.mark.parametrize("name", ["seed_tiny", "gemm_3x3", "pointwise", "depthwise"])
+def test_layouts(name, layout, rng):
+    case = CASES[name]
+    x, w, b = _arrays(rng, case, np.float32)
+    args = [layouts(a)[layout] for a in (x, w, b)]
+    expected = reference.conv2d(*args, **_kwargs(case))  # lists are float64, like the reference
+    assert_matches(fc.conv2d(*args, **_kwargs(case)), expected)
+
+
+@pytest.mark.parametrize("name", ["seed_tiny", "gemm_3x3", "pointwise", "whole_window_pairs", "gemm_groups"])
+def test_out_is_filled_and_returned(name, rng):
+    case = CASES[name]
+    x, w, b = _arrays(rng, case, np.float32)
+    expected = reference.conv2d(x, w, b, **_kwargs(case))
+    out = np.full(expected.shape, np.nan, np.float32)
+    assert fc.conv2d(x, w, b, out=out, **_kwargs(case)) is out
+    assert_matches(out, expected)
+
+
+@pytest.mark.parametrize("name", ["seed_tiny", "gemm_3x3", "pointwise", "depthwise"])
+def test_inputs_not_modified(name, rng):
+    x, w, b = _arrays(rng, CASES[name], np.float64)
+    copies = [a.copy() for a in (x, w, b)]
+    fc.conv2d(x, w, b, **_kwargs(CASES[name]))
+    for a, a0 in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, a0)
+
+
+@pytest.mark.parametrize("dtypes,expected", [
+    ((np.float32, np.float64, np.float32), np.float64),
+    ((np.float32, np.float32, np.float64), np.float64),
+    ((np.int64, np.float32, np.float32), np.float64),
+    ((np.float32, np.float32, np.float32), np.float32),
+])
+def test_mixed_dtypes_follow_result_type(dtypes, expected, rng):
+    case = CASES["gemm_3x3"]
+    x, w, b = [a.astype(t) for a, t in zip(_arrays(rng, case, np.float64), dtypes)]
+    y = fc.conv2d(x, w, b, padding=1)
+    assert y.dtype == np.dtype(expected)
+    # computed in the result dtype (the reference would sum float32 * float32 in float32)
+    assert_matches(y, reference.conv2d(*[a.astype(expected) for a in (x, w, b)], padding=1))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16])
+def test_other_numeric_dtypes_take_the_reference(dtype, rng):
+    case = CASES["seed_tiny"]
+    x, w, b = [(a * 4).astype(dtype) for a in _arrays(rng, case, np.float64)]
+    y = fc.conv2d(x, w, b, padding=1)
+    expected = reference.conv2d(x, w, b, padding=1)
+    assert y.dtype == expected.dtype
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_threads_give_correct_results(rng):
+    cases = ["gemm_3x3", "depthwise_big", "pointwise", "stem_small"]
+    data = {name: _arrays(rng, CASES[name], np.float32) for name in cases}
+    expected = {name: reference.conv2d(*data[name], **_kwargs(CASES[name])) for name in cases}
+    errors = []
+
+    def work(name):
+        try:
+            for _ in range(5):
+                assert_matches(fc.conv2d(*data[name], **_kwargs(CASES[name])), expected[name])
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append((name, e))
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in cases * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# ---- bad input: one test per rule -------------------------------------------------
+
+X, W = np.zeros((2, 4, 5, 5)), np.zeros((6, 4, 3, 3))
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(x=np.zeros((4, 5, 5))), ValueError, r"conv2d: x must be 4-D \(N, C, H, W\), got shape \(4, 5, 5\)"),
+    (dict(weight=np.zeros((6, 4, 3))), ValueError, r"conv2d: weight must be 4-D .*\(6, 4, 3\)"),
+    (dict(weight=np.zeros((6, 3, 3, 3))), ValueError,
+     r"conv2d: weight has 3 input channels per group but x has 4 channels \(groups=1\)"),
+    (dict(weight=np.zeros((6, 4, 3, 3)), groups=2), ValueError,
+     r"weight has 4 input channels per group but x has 4 channels \(groups=2\)"),
+    (dict(groups=3, weight=np.zeros((6, 1, 3, 3))), ValueError, "x has 4 channels, not divisible by groups=3"),
+    (dict(groups=4, weight=np.zeros((6, 1, 3, 3))), ValueError,
+     "weight has 6 output channels, not divisible by groups=4"),
+    (dict(groups=0), ValueError, "groups must be >= 1"),
+    (dict(groups=1.0), TypeError, "groups must be an int"),
+    (dict(weight=np.zeros((6, 4, 0, 3))), ValueError, "weight has an empty kernel"),
+    (dict(bias=np.zeros(5)), ValueError, r"bias must have shape \(6,\) for 6 output channels, got \(5,\)"),
+    (dict(bias=np.zeros((6, 1))), ValueError, r"bias must have shape \(6,\).*got \(6, 1\)"),
+    (dict(weight=np.zeros((6, 4, 7, 7))), ValueError, r"kernel 7x7 .* larger than the padded input 5x5"),
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(dilation=(1, 0)), ValueError, "dilation must be >= 1"),
+    (dict(padding=-1), ValueError, "padding must be >= 0"),
+    (dict(padding=(1, 2, 3)), ValueError, "padding must be an int or a pair"),
+    (dict(padding="same", stride=2), ValueError, "padding='same' needs stride 1"),
+    (dict(padding="SAME"), ValueError, "padding must be an int, a pair, 'valid' or 'same'"),
+    (dict(x=np.zeros((2, 4, 5, 5), dtype="M8[s]")), TypeError, "conv2d: x has dtype datetime64"),
+    (dict(weight=np.full((6, 4, 3, 3), None)), TypeError, "conv2d: weight has dtype object"),
+    (dict(bias=["a"] * 6), TypeError, "conv2d: bias has dtype <U1"),
+    (dict(out=np.zeros((2, 6, 5, 5))), ValueError, r"out has shape \(2, 6, 5, 5\) but the result has shape \(2, 6, 3, 3\)"),
+    (dict(out=np.zeros((2, 6, 3, 3), np.float32)), ValueError, "out has dtype float32 but the result has dtype float64"),
+    (dict(out=np.zeros((3, 3, 6, 2)).T), ValueError, "out must be C-contiguous"),
+    (dict(out=np.zeros((2, 6, 3, 3)).tolist()), TypeError, "out must be a numpy.ndarray"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    kwargs = {"x": X, "weight": W, **kwargs}
+    with pytest.raises(exc, match=match):
+        fc.conv2d(**kwargs)
+
+
+def test_out_overlapping_an_input():
+    buf = np.zeros(216)
+    with pytest.raises(ValueError, match="out shares memory with weight"):
+        fc.conv2d(X, buf[:216].reshape(6, 4, 3, 3), out=buf[:108].reshape(2, 6, 3, 3))
+
+
+def test_read_only_out():
+    out = np.zeros((2, 6, 3, 3))
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        fc.conv2d(X, W, out=out)
+
+
+# ---- property tests ------------------------------------------------------------------
+
+@st.composite
+def convolutions(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c = groups * draw(st.integers(0, 3))
+    o = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    padding = draw(st.one_of(st.sampled_from(["valid", "same"]),
+                             st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    stride = 1 if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = (0, 0) if isinstance(padding, str) else (padding, padding) if isinstance(padding, int) else padding
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * pads[0]), 10))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pads[1]), 10))
+    n = draw(st.integers(0, 3))
+    return ((n, c, h, w), (o, c // groups, kh, kw), stride, padding, (dh, dw), groups)
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(convolutions(), st.sampled_from(DTYPES), st.booleans())
+def test_property_matches_reference(case, dtype, bias):
+    x, w, b = _arrays(np.random.default_rng(1), case, dtype, bias)
+    assert_matches(fc.conv2d(x, w, b, **_kwargs(case)), reference.conv2d(x, w, b, **_kwargs(case)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 4])
+def test_large_gemm_path(dtype, groups, rng):
+    """Several im2col chunks (a multi-chunk run of the GEMM path)."""
+    case = ((5, 64, 30, 29), (32, 64 // groups, 3, 3), 1, 1, 1, groups)
+    x, w, b = _arrays(rng, case, dtype)
+    assert_matches(fc.conv2d(x, w, b, padding=1, groups=groups),
+                   reference.conv2d(x, w, b, padding=1, groups=groups))

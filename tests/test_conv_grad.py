@@ -1,0 +1,165 @@
+"""conv2d_grad_input / _weight / _bias against the references, finite differences
+and the adjoint identities, over conv2d's case table."""
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_matches, layouts, random_array
+from hypothesis import given, settings, strategies as st
+from test_conv2d import CASES
+
+import fastconv as fc
+from fastconv import reference
+
+NONEMPTY = [name for name in CASES if not name.startswith("empty")]
+
+
+def _setup(rng, name, dtype):
+    x_shape, w_shape, s, p, d, g = CASES[name]
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    grad_out = random_array(rng, reference.conv2d(x, w, **kw).shape, dtype)
+    return x, w, grad_out, kw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", CASES)
+def test_grads_match_reference(name, dtype, rng):
+    x, w, grad_out, kw = _setup(rng, name, dtype)
+    assert_matches(fc.conv2d_grad_input(grad_out, w, x.shape, **kw),
+                   reference.conv2d_grad_input(grad_out, w, x.shape, **kw))
+    assert_matches(fc.conv2d_grad_weight(x, grad_out, w.shape, **kw),
+                   reference.conv2d_grad_weight(x, grad_out, w.shape, **kw))
+    assert_matches(fc.conv2d_grad_bias(grad_out), reference.conv2d_grad_bias(grad_out))
+
+
+@pytest.mark.parametrize("name", NONEMPTY)
+def test_adjoint_identities(name, rng):
+    """<conv2d(x, w), G> == <x, grad_input(G, w)> == <w, grad_weight(x, G)>."""
+    x, w, G, kw = _setup(rng, name, np.float64)
+    forward = np.vdot(fc.conv2d(x, w, **kw), G)
+    scale = np.abs(fc.conv2d(x, w, **kw)).sum() * np.abs(G).max() + 1e-300
+    assert abs(forward - np.vdot(x, fc.conv2d_grad_input(G, w, x.shape, **kw))) <= 1e-12 * scale
+    assert abs(forward - np.vdot(w, fc.conv2d_grad_weight(x, G, w.shape, **kw))) <= 1e-12 * scale
+
+
+def _central_difference(f, array, step=1e-5):
+    grad = np.empty_like(array)
+    for index in np.ndindex(array.shape):
+        saved = array[index]
+        array[index] = saved + step
+        plus = f()
+        array[index] = saved - step
+        minus = f()
+        array[index] = saved
+        grad[index] = (plus - minus) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("name", ["seed_tiny", "direct_groups", "direct_stride_dilation",
+                                  "depthwise", "gemm_same", "primes"])
+def test_finite_differences(name, rng):
+    x_shape, w_shape, s, p, d, g = CASES[name]
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    x, w = random_array(rng, (1, *x_shape[1:])), random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[0],))
+    G = random_array(rng, fc.conv2d(x, w, b, **kw).shape)
+    loss = lambda: np.vdot(reference.conv2d(x, w, b, **kw), G)
+    for analytic, array in [(fc.conv2d_grad_input(G, w, x.shape, **kw), x),
+                            (fc.conv2d_grad_weight(x, G, w.shape, **kw), w),
+                            (fc.conv2d_grad_bias(G), b)]:
+        numeric = _central_difference(loss, array)
+        assert np.abs(analytic - numeric).max() <= 1e-6 * np.abs(numeric).max()
+
+
+@pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))
+def test_layouts(layout, rng):
+    x, w, G, kw = _setup(rng, "gemm_3x3", np.float64)
+    expected_input = reference.conv2d_grad_input(G, w, x.shape, **kw)
+    expected_weight = reference.conv2d_grad_weight(x, G, w.shape, **kw)
+    assert_matches(fc.conv2d_grad_input(layouts(G)[layout], layouts(w)[layout], x.shape, **kw),
+                   expected_input)
+    assert_matches(fc.conv2d_grad_weight(layouts(x)[layout], layouts(G)[layout], w.shape, **kw),
+                   expected_weight)
+    assert_matches(fc.conv2d_grad_bias(layouts(G)[layout]), reference.conv2d_grad_bias(G))
+
+
+def test_inputs_are_not_modified(rng):
+    x, w, G, kw = _setup(rng, "gemm_groups", np.float32)
+    copies = [a.copy() for a in (x, w, G)]
+    fc.conv2d_grad_input(G, w, x.shape, **kw)
+    fc.conv2d_grad_weight(x, G, w.shape, **kw)
+    fc.conv2d_grad_bias(G)
+    assert all(np.array_equal(a, c) for a, c in zip((x, w, G), copies))
+
+
+def test_mixed_and_integer_dtypes(rng):
+    x, w, G, kw = _setup(rng, "seed_tiny", np.float64)
+    assert fc.conv2d_grad_input(G.astype(np.float32), w, x.shape, **kw).dtype == np.float64
+    xi, Gi = (x * 10).astype(np.int64), (G * 10).astype(np.int64)
+    assert np.array_equal(fc.conv2d_grad_weight(xi, Gi, w.shape, **kw),
+                          reference.conv2d_grad_weight(xi, Gi, w.shape, **kw))
+
+
+# -- bad input: one test per rule ------------------------------------------------
+
+def test_grad_out_shape_must_match_the_convolution():
+    with pytest.raises(ValueError, match=r"conv2d_grad_input: grad_out has shape \(2, 3, 4, 4\) "
+                                         r"but the convolution's output has shape \(2, 3, 3, 3\)"):
+        fc.conv2d_grad_input(np.ones((2, 3, 4, 4)), np.ones((3, 4, 3, 3)), (2, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"conv2d_grad_weight: grad_out has shape \(2, 5, 3, 3\)"):
+        fc.conv2d_grad_weight(np.ones((2, 4, 5, 5)), np.ones((2, 5, 3, 3)), (3, 4, 3, 3))
+
+
+def test_channels_per_group_must_match():
+    with pytest.raises(ValueError, match=r"conv2d_grad_input: weight has 3 input channels per group "
+                                         r"but input_shape has 4 channels \(groups=1\)"):
+        fc.conv2d_grad_input(np.ones((1, 2, 3, 3)), np.ones((2, 3, 3, 3)), (1, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"conv2d_grad_weight: .*not divisible by groups=3"):
+        fc.conv2d_grad_weight(np.ones((1, 4, 5, 5)), np.ones((1, 2, 3, 3)), (2, 1, 3, 3), groups=3)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 5), (1, 4, 5, 5, 1), "abcd", (1, -4, 5, 5)])
+def test_bad_shape_arguments(shape):
+    with pytest.raises((ValueError, TypeError), match=r"conv2d_grad_input: input_shape must be"):
+        fc.conv2d_grad_input(np.ones((1, 2, 3, 3)), np.ones((2, 4, 3, 3)), shape)
+
+
+def test_wrong_ranks():
+    with pytest.raises(ValueError, match=r"conv2d_grad_weight: grad_out must be 4-D \(N, O, OH, OW\), got shape \(2, 3\)"):
+        fc.conv2d_grad_weight(np.ones((1, 4, 5, 5)), np.ones((2, 3)), (2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d_grad_bias: grad_out must be 4-D"):
+        fc.conv2d_grad_bias(np.ones(3))
+
+
+def test_bad_window_arguments():
+    with pytest.raises(ValueError, match=r"conv2d_grad_input: padding='same' needs stride 1"):
+        fc.conv2d_grad_input(np.ones((1, 2, 3, 3)), np.ones((2, 4, 3, 3)), (1, 4, 5, 5),
+                             stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"conv2d_grad_weight: stride must be >= 1"):
+        fc.conv2d_grad_weight(np.ones((1, 4, 5, 5)), np.ones((1, 2, 3, 3)), (2, 4, 3, 3), stride=0)
+
+
+def test_non_numeric_dtype():
+    with pytest.raises(TypeError, match=r"conv2d_grad_bias: grad_out has dtype <U1"):
+        fc.conv2d_grad_bias(np.array([[[["a"]]]]))
+
+
+# -- properties -----------------------------------------------------------------
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 3), groups=st.integers(1, 3), cg=st.integers(1, 3), og=st.integers(1, 3),
+       h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), pad=st.integers(0, 2),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), dtype=st.sampled_from(DTYPES))
+def test_property_grads_match_reference(n, groups, cg, og, h, w, kh, kw, stride, pad, dilation, dtype):
+    if h + 2 * pad < dilation[0] * (kh - 1) + 1 or w + 2 * pad < dilation[1] * (kw - 1) + 1:
+        return
+    rng = np.random.default_rng(0)
+    kwargs = dict(stride=stride, padding=pad, dilation=dilation, groups=groups)
+    x = random_array(rng, (n, groups * cg, h, w), dtype)
+    weight = random_array(rng, (groups * og, cg, kh, kw), dtype)
+    G = random_array(rng, reference.conv2d(x, weight, **kwargs).shape, dtype)
+    assert_matches(fc.conv2d_grad_input(G, weight, x.shape, **kwargs),
+                   reference.conv2d_grad_input(G, weight, x.shape, **kwargs))
+    assert_matches(fc.conv2d_grad_weight(x, G, weight.shape, **kwargs),
+                   reference.conv2d_grad_weight(x, G, weight.shape, **kwargs))

@@ -1,0 +1,232 @@
+"""im2col / col2im against fastconv.reference, the classic loop recipe and each other."""
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_matches, layouts, random_array
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv as fc
+from fastconv import reference
+from fastconv._args import geometry
+from fastconv.im2col import col2im_stacked_into, im2col_stacked_into
+
+# (x shape, kernel_size, stride, padding, dilation)
+CASES = {
+    "seed_tiny": ((4, 4, 5, 5), 3, 1, 1, 1),
+    "stride2_pad0": ((2, 3, 9, 9), 3, 2, 0, 1),
+    "pair_args": ((2, 3, 7, 11), (2, 3), (2, 1), (1, 2), (1, 2)),
+    "same_odd": ((1, 2, 5, 6), 3, 1, "same", 1),
+    "same_even_kernel": ((2, 2, 7, 5), (4, 2), 1, "same", (1, 3)),
+    "valid": ((2, 3, 6, 7), (3, 2), (1, 3), "valid", 1),
+    "dilated": ((1, 2, 13, 11), 3, (3, 2), 2, (2, 3)),
+    "kernel_is_input": ((3, 2, 4, 4), 4, 1, 0, 1),
+    "size_one": ((1, 1, 1, 1), 1, 1, 0, 1),
+    "size_one_padded": ((2, 1, 1, 1), 3, 1, 1, 1),
+    "primes": ((3, 5, 7, 13), (5, 3), (2, 3), (2, 1), 1),
+    "big_stride": ((2, 2, 8, 8), 2, 5, 0, 1),
+    "padding_wider_than_kernel": ((1, 2, 3, 3), 2, 1, 3, 1),
+    "empty_batch": ((0, 3, 5, 5), 3, 1, 1, 1),
+    "empty_channels": ((2, 0, 5, 5), 3, 1, 1, 1),
+    "empty_plane_padded": ((2, 3, 0, 4), 1, 1, (1, 0), 1),
+}
+
+
+def _kwargs(case):
+    _, k, s, p, d = case
+    return dict(kernel_size=k, stride=s, padding=p, dilation=d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", CASES)
+def test_im2col_and_col2im_match_reference(name, dtype, rng):
+    case = CASES[name]
+    x = random_array(rng, case[0], dtype)
+    kw = _kwargs(case)
+    cols = fc.im2col(x, **kw)
+    assert_matches(cols, reference.im2col(x, **kw), rtol=0)
+    c = random_array(rng, cols.shape, dtype)
+    assert_matches(fc.col2im(c, x.shape, **kw), reference.col2im(c, x.shape, **kw))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_adjoint(name, rng):
+    case = CASES[name]
+    x = random_array(rng, case[0])
+    kw = _kwargs(case)
+    cols = fc.im2col(x, **kw)
+    c = random_array(rng, cols.shape)
+    lhs, rhs = np.vdot(cols, c), np.vdot(x, fc.col2im(c, x.shape, **kw))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs), float(np.abs(cols).sum() * np.abs(c).max(initial=0)))
+
+
+def _loop_recipe(X, k, s, p):
+    """The classic from-scratch im2col (issue 3): X_col (C*k*k, batch*out_h*out_w)."""
+    batch, channels, h, w = X.shape
+    out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    padded_X = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)))
+    X_col = np.zeros((channels * k * k, batch, out_h * out_w), X.dtype)
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = padded_X[:, :, i * s:i * s + k, j * s:j * s + k]
+            X_col[:, :, i * out_w + j] = patch.reshape(batch, -1).T
+    return X_col.reshape(channels * k * k, -1)
+
+
+@pytest.mark.parametrize("shape,k,s,p", [
+    ((4, 4, 5, 5), 3, 1, 1), ((2, 3, 9, 7), 3, 2, 0), ((3, 2, 8, 8), 5, 3, 2), ((1, 1, 4, 4), 4, 1, 0),
+])
+def test_layout_equals_loop_recipe(shape, k, s, p, rng):
+    x = random_array(rng, shape, np.float32)
+    np.testing.assert_array_equal(fc.im2col(x, k, stride=s, padding=p), _loop_recipe(x, k, s, p))
+
+
+@pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))
+def test_layouts(layout, rng):
+    x = random_array(rng, (2, 3, 6, 5))
+    kw = dict(kernel_size=(3, 2), stride=(1, 2), padding=1)
+    expected = reference.im2col(x, **kw)
+    assert_matches(fc.im2col(layouts(x)[layout], **kw), expected, rtol=0)
+    c = random_array(rng, expected.shape)
+    assert_matches(fc.col2im(layouts(c)[layout], x.shape, **kw), reference.col2im(c, x.shape, **kw))
+
+
+def test_out_is_filled_and_returned(rng):
+    x = random_array(rng, (2, 3, 6, 5), np.float32)
+    out = np.full((27, 2 * 6 * 5), np.nan, np.float32)
+    assert fc.im2col(x, 3, padding=1, out=out) is out
+    assert_matches(out, reference.im2col(x, 3, padding=1), rtol=0)
+    back = np.full(x.shape, np.nan, np.float32)
+    assert fc.col2im(out, x.shape, 3, padding=1, out=back) is back
+    assert_matches(back, reference.col2im(out, x.shape, 3, padding=1))
+
+
+def test_inputs_not_modified(rng):
+    x = random_array(rng, (2, 3, 6, 5))
+    x0 = x.copy()
+    cols = fc.im2col(x, 3, padding=1)
+    c0 = cols.copy()
+    fc.col2im(cols, x.shape, 3, padding=1)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(cols, c0)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16, np.complex128])
+def test_other_numeric_dtypes_take_the_reference(dtype, rng):
+    x = (random_array(rng, (2, 2, 4, 4)) * 10).astype(dtype)
+    cols = fc.im2col(x, 3, padding=1)
+    assert cols.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(cols, reference.im2col(x, 3, padding=1))
+    np.testing.assert_array_equal(fc.col2im(cols, x.shape, 3, padding=1),
+                                  reference.col2im(cols, x.shape, 3, padding=1))
+
+
+def test_stacked_helpers(rng):
+    """The per-image layout for conv2d and its gradients: (N, R >= C*KH*KW, OH*OW)."""
+    x = random_array(rng, (3, 2, 7, 6))
+    geom = geometry("test", x.shape[2:], (3, 2), (2, 1), 1, 1)
+    rows, ohw = 2 * 3 * 2, geom.oh * geom.ow
+    stacked = np.full((3, rows + 1, ohw), 7.0)
+    im2col_stacked_into(x, geom, stacked)
+    public = reference.im2col(x, (3, 2), stride=(2, 1), padding=1)
+    np.testing.assert_array_equal(stacked[:, :rows], public.reshape(rows, 3, ohw).transpose(1, 0, 2))
+    assert (stacked[:, rows] == 7.0).all()
+    back = col2im_stacked_into(stacked, geom, np.empty(x.shape))
+    expected = reference.col2im(stacked[:, :rows].transpose(1, 0, 2).reshape(rows, -1), x.shape,
+                                (3, 2), stride=(2, 1), padding=1)
+    assert_matches(back, expected)
+
+
+# ---- bad input: one test per rule -------------------------------------------------
+
+X = np.zeros((2, 3, 5, 5))
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(x=np.zeros((3, 5, 5)), kernel_size=3), ValueError, r"im2col: x must be 4-D .*\(3, 5, 5\)"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
+    (dict(kernel_size=(3, 3, 3)), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size=2.0), TypeError, "kernel_size must be an int"),
+    (dict(kernel_size=3, stride=0), ValueError, "stride must be >= 1"),
+    (dict(kernel_size=3, stride=(1, -1)), ValueError, "stride must be >= 1"),
+    (dict(kernel_size=3, dilation=0), ValueError, "dilation must be >= 1"),
+    (dict(kernel_size=3, padding=-1), ValueError, "padding must be >= 0"),
+    (dict(kernel_size=3, padding="same", stride=2), ValueError, "'same' needs stride 1"),
+    (dict(kernel_size=3, padding="full"), ValueError, "padding must be an int, a pair, 'valid' or 'same'"),
+    (dict(kernel_size=6), ValueError, r"kernel 6x6 .* larger than the padded input 5x5"),
+    (dict(kernel_size=3, dilation=3), ValueError, r"spans 7x7, larger than the padded input 5x5"),
+    (dict(x=np.array([["a"]] * 4, dtype=object).reshape(1, 1, 2, 2), kernel_size=1), TypeError,
+     "x has dtype object"),
+    (dict(kernel_size=3, out=np.zeros((27, 49))), ValueError, r"out has shape \(27, 49\) but the result has shape \(27, 18\)"),
+    (dict(kernel_size=3, out=np.zeros((27, 18), np.float32)), ValueError, "out has dtype float32"),
+    (dict(kernel_size=3, out=np.zeros((18, 27)).T), ValueError, "out must be C-contiguous"),
+    (dict(kernel_size=3, out=[[0.0]]), TypeError, "out must be a numpy.ndarray"),
+])
+def test_im2col_bad_arguments(kwargs, exc, match):
+    kwargs = {"x": X, **kwargs}
+    with pytest.raises(exc, match=match):
+        fc.im2col(**kwargs)
+
+
+def test_im2col_out_overlapping_input():
+    buf = np.zeros(27 * 18)
+    x = buf[:150].reshape(2, 3, 5, 5)
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        fc.im2col(x, 3, out=buf.reshape(27, 18))
+
+
+def test_im2col_read_only_out():
+    out = np.zeros((27, 18))
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        fc.im2col(X, 3, out=out)
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    ((np.zeros((27, 18)), (2, 3, 5)), ValueError, r"input_shape must be 4 non-negative ints"),
+    ((np.zeros((27, 18)), (2, 3, 5, -5)), ValueError, r"input_shape must be 4 non-negative ints"),
+    ((np.zeros((27, 18)), 5), TypeError, r"input_shape must be a tuple of 4 ints"),
+    ((np.zeros((27, 18)), (2, 3, 5.0, 5)), TypeError, r"input_shape must be a tuple of 4 ints"),
+    ((np.zeros((27, 17)), (2, 3, 5, 5)), ValueError, r"cols has shape \(27, 17\) but input_shape \(2, 3, 5, 5\)"),
+    ((np.zeros((27, 18)), (2, 3, 2, 2)), ValueError, "larger than the padded input 2x2"),
+    ((np.zeros((27, 18), dtype="U1"), (2, 3, 5, 5)), TypeError, "cols has dtype <U1"),
+])
+def test_col2im_bad_arguments(args, exc, match):
+    with pytest.raises(exc, match=match):
+        fc.col2im(*args, 3)
+
+
+def test_col2im_bad_out():
+    with pytest.raises(ValueError, match=r"out has shape \(2, 3, 5\)"):
+        fc.col2im(np.zeros((27, 18)), (2, 3, 5, 5), 3, out=np.zeros((2, 3, 5)))
+
+
+# ---- property tests ------------------------------------------------------------------
+
+@st.composite
+def windows(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.one_of(st.sampled_from(["valid", "same"]),
+                             st.tuples(st.integers(0, 3), st.integers(0, 3))))
+    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = (0, 0) if isinstance(padding, str) else padding
+    h = draw(st.integers(max(0, dh * (kh - 1) + 1 - 2 * pads[0]), 12))
+    w = draw(st.integers(max(0, dw * (kw - 1) + 1 - 2 * pads[1]), 12))
+    n, c = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    return (n, c, h, w), dict(kernel_size=(kh, kw), stride=stride, padding=padding, dilation=(dh, dw))
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(windows(), st.sampled_from(DTYPES))
+def test_property_matches_reference_and_adjoint(case, dtype):
+    shape, kw = case
+    rng = np.random.default_rng(0)
+    x = random_array(rng, shape, dtype)
+    cols = fc.im2col(x, **kw)
+    assert_matches(cols, reference.im2col(x, **kw), rtol=0)
+    c = random_array(rng, cols.shape, dtype)
+    back = fc.col2im(c, shape, **kw)
+    assert_matches(back, reference.col2im(c, shape, **kw))
+    lhs, rhs = np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), back)
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, float(np.abs(cols).sum() * np.abs(c).max(initial=0)))
