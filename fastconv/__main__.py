@@ -165,6 +165,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, help="threads for fastconv (and torch); default: all cores")
     parser.add_argument("--quick", action="store_true", help="small workloads only, short timing")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     if args.threads:
         import numba
@@ -175,11 +176,17 @@ def main(argv=None):
     dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
     rows = run(dtypes, args.quick, budget=0.2 if args.quick else 1.0)
     header = ("operation", "workload", "dtype", "method", "time", "speed-up", "agrees")
-    print(f"{header[0]:<22} {header[1]:<15} {header[2]:<8} {header[3]:<20} {header[4]:>10} "
-          f"{header[5]:>9} {header[6]:>6}")
-    for op, name, dtype, method, seconds, speedup, agrees in rows:
-        print(f"{op:<22} {name:<15} {dtype:<8} {method:<20} {_format_time(seconds):>10} "
-              f"{speedup:>8.2f}x {agrees:>6}")
+    if args.markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for op, name, dtype, method, seconds, speedup, agrees in rows:
+            print(f"| {op} | {name} | {dtype} | {method} | {_format_time(seconds).strip()} "
+                  f"| {speedup:.2f}x | {agrees} |")
+    else:
+        print(f"{header[0]:<22} {header[1]:<15} {header[2]:<8} {header[3]:<20} {header[4]:>10} "
+              f"{header[5]:>9} {header[6]:>6}")
+        for op, name, dtype, method, seconds, speedup, agrees in rows:
+            print(f"{op:<22} {name:<15} {dtype:<8} {method:<20} {_format_time(seconds):>10} "
+                  f"{speedup:>8.2f}x {agrees:>6}")
     if any(row[-1] == "NO" for row in rows):
         print("fastconv disagrees with its reference on the rows marked NO", file=sys.stderr)
         return 1
