@@ -2,8 +2,10 @@
 
 Kernel strategy by shape class (float32/float64):
 
-* tiny problems and depthwise / one-channel-per-group convolutions: a direct
-  numba kernel (one task per output plane, rows accumulated in cache);
+* tiny problems: one serial numba call (pad, im2col over the whole batch so
+  the GEMM rows are long, GEMM, scatter to NCHW): no thread launch, no BLAS call;
+* depthwise / one-channel-per-group convolutions: a direct numba kernel (one
+  task per output plane, rows accumulated in cache; GEMM is useless there);
 * 1x1 stride-1 unpadded, groups=1: one batched GEMM ``W (O, C) @ x[n] (C, H*W)``
   written straight into the NCHW output;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
@@ -20,20 +22,24 @@ from . import reference
 from ._args import (
     as_array, check_bias, check_ndim, contiguous, conv_groups, geometry, output, uses_kernel,
 )
-from ._config import kernel
+from ._config import kernel, serial_kernel
 from .im2col import im2col_stacked_into
 
 __all__ = ["conv2d"]
 
-#: Multiply-adds below which the direct kernel beats im2col + GEMM.
-_DIRECT_MACS = 1 << 18
+#: Multiply-adds below which one serial pad + im2col + GEMM call beats the rest.
+_SMALL_MACS = 1 << 18
 #: Target size of one im2col buffer (bytes): a few images' columns, cache resident.
 _CHUNK_BYTES = 8 << 20
 
 
 @kernel
-def _direct(x, w, b, out, groups, sh, sw, dh, dw, pt, pl):
-    """out[n, o] = b[o] + sum over the group's channels and the window (one task per plane)."""
+def _direct(x, w, b, out, groups, sh, sw, dh, dw, pt, pl, ranges):
+    """out[n, o] = b[o] + sum over the group's channels and the window (one task per plane).
+
+    ``ranges[j] = (q0, q1)``: the output columns whose input column for kernel
+    column ``j`` lies inside the image (outside it is zero padding).
+    """
     n_images, channels, h, wd = x.shape
     n_out, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
@@ -46,8 +52,7 @@ def _direct(x, w, b, out, groups, sh, sw, dh, dw, pt, pl):
         bias = b[o]
         for y in range(oh):
             orow = plane[y]
-            for q in range(ow):
-                orow[q] = bias
+            orow[:] = bias
             for ci in range(cg):
                 xs = x[n, c_first + ci]
                 wo = w[o, ci]
@@ -58,19 +63,77 @@ def _direct(x, w, b, out, groups, sh, sw, dh, dw, pt, pl):
                     src = xs[ih]
                     for j in range(kw):
                         wv = wo[i, j]
+                        q0, q1 = ranges[j, 0], ranges[j, 1]
+                        if q1 <= q0:
+                            continue
                         off = j * dw - pl
-                        q0 = 0
-                        if off < 0:
-                            q0 = min((-off + sw - 1) // sw, ow)
-                        q1 = ow
-                        if off + (ow - 1) * sw >= wd:
-                            q1 = max((wd - off + sw - 1) // sw, q0)
+                        acc = orow[q0:q1]  # slices: no negative-index wraparound in the loop
                         if sw == 1:
-                            for q in range(q0, q1):
-                                orow[q] += wv * src[q + off]
+                            seg = src[q0 + off:q1 + off]
+                            for q in range(q1 - q0):
+                                acc[q] += wv * seg[q]
                         else:
-                            for q in range(q0, q1):
-                                orow[q] += wv * src[q * sw + off]
+                            strided = src[q0 * sw + off:(q1 - 1) * sw + off + 1:sw]
+                            for q in range(q1 - q0):
+                                acc[q] += wv * strided[q]
+
+
+def _column_ranges(geom, width):
+    """(KW, 2) int64: per kernel column, the output columns [q0, q1) that read inside the image."""
+    ranges = np.empty((geom.kw, 2), np.int64)
+    for j in range(geom.kw):
+        off = j * geom.dw - geom.pl
+        q0 = min(max(0, -(off // geom.sw)), geom.ow)  # first q with off + q*sw >= 0
+        q1 = min(geom.ow, max(q0, -((off - width) // geom.sw)))  # first q with off + q*sw >= width
+        ranges[j] = q0, q1
+    return ranges
+
+
+@serial_kernel
+def _small(x, w2, b, xp, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl):
+    """Whole small convolution in one serial call: pad, im2col over the batch
+    (public layout, rows of length N*OH*OW), GEMM with the bias, scatter to NCHW.
+
+    Scratch (from the wrapper): xp zeros (N, C, H+pt+pb, W+pl+pr),
+    cols (C*KH*KW, N*OH*OW), tmp (O, N*OH*OW); w2 is (O, C/groups*KH*KW).
+    """
+    n_images, channels, h, wd = x.shape
+    n_out = w2.shape[0]
+    oh, ow = out.shape[2], out.shape[3]
+    for n in range(n_images):
+        for c in range(channels):
+            for a in range(h):
+                xp[n, c, pt + a, pl:pl + wd] = x[n, c, a]
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                p = 0
+                for n in range(n_images):
+                    for y in range(oh):
+                        src = xp[n, c, y * sh + i * dh]
+                        for q in range(ow):
+                            row[p + q] = src[q * sw + j * dw]
+                        p += ow
+    og = n_out // groups
+    rg = w2.shape[1]
+    for o in range(n_out):
+        first = (o // og) * rg
+        acc = tmp[o]
+        acc[:] = b[o]
+        for k in range(rg):
+            wv = w2[o, k]
+            crow = cols[first + k]
+            for q in range(acc.shape[0]):
+                acc[q] += wv * crow[q]
+    ohw = oh * ow
+    for n in range(n_images):
+        for o in range(n_out):
+            dst = out[n, o]
+            src = tmp[o, n * ohw:(n + 1) * ohw]
+            for y in range(oh):
+                for q in range(ow):
+                    dst[y, q] = src[y * ow + q]
 
 
 @kernel
@@ -180,8 +243,14 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, o
     g = geom
     macs = result.size * cg * kh * kw
     unpadded = g.pt == g.pb == g.pl == g.pr == 0
-    if cg == 1 or macs < _DIRECT_MACS:
-        _direct(x, w, b, result, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
+    if macs < _SMALL_MACS:
+        shape_p = (n, c, x.shape[2] + g.pt + g.pb, x.shape[3] + g.pl + g.pr)
+        p = n * g.oh * g.ow
+        _small(x, w.reshape(o, -1), b, np.zeros(shape_p, dtype), np.empty((c * kh * kw, p), dtype),
+               np.empty((o, p), dtype), result, groups, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
+    elif cg == 1:
+        _direct(x, w, b, result, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                _column_ranges(g, x.shape[3]), work=macs)
     elif groups == 1 and kh == kw == 1 and g.sh == g.sw == 1 and unpadded:
         out3 = result.reshape(n, o, -1)
         np.matmul(w.reshape(o, c), x.reshape(n, c, -1), out=out3)

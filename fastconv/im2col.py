@@ -53,20 +53,20 @@ def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, oh
             ih = y * sh - pt + i * dh
             d = y * ow
             if ih < 0 or ih >= h:
-                for q in range(ow):
-                    o[d + q] = 0
-            else:
-                src = plane[ih]
-                for q in range(q0):
-                    o[d + q] = 0
-                if sw == 1:
-                    for q in range(q0, q1):
-                        o[d + q] = src[q + off]
-                else:
-                    for q in range(q0, q1):
-                        o[d + q] = src[q * sw + off]
-                for q in range(q1, ow):
-                    o[d + q] = 0
+                o[d:d + ow] = 0
+                continue
+            src = plane[ih]
+            o[d:d + q0] = 0
+            dst = o[d + q0:d + q1]  # slices: no negative-index wraparound in the loop
+            if sw == 1:
+                seg = src[q0 + off:q1 + off]
+                for q in range(q1 - q0):
+                    dst[q] = seg[q]
+            elif q1 > q0:
+                strided = src[q0 * sw + off:(q1 - 1) * sw + off + 1:sw]
+                for q in range(q1 - q0):
+                    dst[q] = strided[q]
+            o[d + q1:d + ow] = 0
 
 
 @kernel
@@ -94,16 +94,17 @@ def _col2im(cols, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl,
                 q1 = max((w - off + sw - 1) // sw, q0)
             for y in range(oh):
                 ih = y * sh - pt + i * dh
-                if ih < 0 or ih >= h:
+                if ih < 0 or ih >= h or q1 <= q0:
                     continue
-                dst = plane[ih]
-                d = y * ow
+                seg = src[y * ow + q0:y * ow + q1]
                 if sw == 1:
-                    for q in range(q0, q1):
-                        dst[q + off] += src[d + q]
+                    dst = plane[ih, q0 + off:q1 + off]
+                    for q in range(q1 - q0):
+                        dst[q] += seg[q]
                 else:
-                    for q in range(q0, q1):
-                        dst[q * sw + off] += src[d + q]
+                    strided = plane[ih, q0 * sw + off:(q1 - 1) * sw + off + 1:sw]
+                    for q in range(q1 - q0):
+                        strided[q] += seg[q]
 
 
 def _window(geom):

@@ -24,9 +24,11 @@ CASES = {
     "gemm_1x1_padded": ((2, 128, 5, 5), (64, 128, 1, 1), 1, 1, 1, 1),
     "pointwise": ((2, 128, 7, 9), (64, 128, 1, 1), 1, 0, 1, 1),         # plain GEMM
     "whole_window_pairs": ((3, 64, 4, 5), (16, 64, 4, 5), 3, 0, 1, 1),
-    "depthwise": ((2, 6, 9, 7), (6, 1, 3, 3), 1, "same", 1, 6),
+    "depthwise": ((2, 6, 9, 7), (6, 1, 3, 3), 1, "same", 1, 6),            # small (one serial call)
     "depthwise_multiplier": ((2, 4, 9, 7), (12, 1, 3, 2), (2, 1), 1, (1, 2), 4),
-    "depthwise_big": ((1, 8, 40, 33), (8, 1, 3, 3), 1, 1, 1, 8),
+    "depthwise_big": ((2, 16, 48, 45), (16, 1, 3, 3), 1, 1, 1, 16),        # direct
+    "depthwise_multiplier_big": ((2, 4, 61, 50), (12, 1, 3, 2), (2, 1), 1, (1, 2), 4),
+    "depthwise_same_big": ((1, 8, 64, 63), (8, 1, 4, 5), 1, "same", (2, 1), 8),
     "stem_small": ((2, 3, 30, 30), (16, 3, 7, 7), 2, 3, 1, 1),
     "direct_groups": ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2),
     "direct_stride_dilation": ((2, 3, 11, 10), (5, 3, 3, 2), (2, 3), (1, 0), (2, 2), 1),
@@ -75,7 +77,7 @@ def test_equals_im2col_then_gemm(name, rng):
 
 
 @pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))
-@pytest.mark.parametrize("name", ["seed_tiny", "gemm_3x3", "pointwise", "depthwise"])
+@pytest.mark.parametrize("name", ["seed_tiny", "gemm_3x3", "pointwise", "depthwise_big"])
 def test_layouts(name, layout, rng):
     case = CASES[name]
     x, w, b = _arrays(rng, case, np.float32)
