@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import DTYPES, assert_matches, layouts, random_array
 from hypothesis import given, settings, strategies as st
-from test_conv2d import CASES
+from cases import CONV2D_CASES as CASES
 
 import fastconv as fc
 from fastconv import reference

@@ -6,17 +6,10 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastconv as fc
-from fastconv._workloads import HADAMARD
 
 from conftest import DTYPES, layouts, random_array
 
-# (na, nb, *S): the seed shapes, odd sizes, 1-element axes, trailing rank 0-3,
-# and few rows with long rows (the path that splits rows into blocks).
-CASES = [
-    *[(na, nb, nx, ny) for name, (na, nb, nx, ny) in HADAMARD.items() if name != "seed_large"],
-    (1, 1, 1), (1, 7, 13), (5, 1, 3, 1), (3, 2, 1, 1, 1), (7, 11, 13, 2, 3),
-    (2, 3, 40_000), (13, 17), (0, 3, 4, 5), (3, 0, 4), (2, 2, 0, 5),
-]
+from cases import HADAMARD_CASES as CASES
 
 
 def f_iter(A, B):

@@ -10,25 +10,7 @@ from fastconv import reference
 from fastconv._args import geometry
 from fastconv.im2col import col2im_stacked_into, im2col_stacked_into
 
-# (x shape, kernel_size, stride, padding, dilation)
-CASES = {
-    "seed_tiny": ((4, 4, 5, 5), 3, 1, 1, 1),
-    "stride2_pad0": ((2, 3, 9, 9), 3, 2, 0, 1),
-    "pair_args": ((2, 3, 7, 11), (2, 3), (2, 1), (1, 2), (1, 2)),
-    "same_odd": ((1, 2, 5, 6), 3, 1, "same", 1),
-    "same_even_kernel": ((2, 2, 7, 5), (4, 2), 1, "same", (1, 3)),
-    "valid": ((2, 3, 6, 7), (3, 2), (1, 3), "valid", 1),
-    "dilated": ((1, 2, 13, 11), 3, (3, 2), 2, (2, 3)),
-    "kernel_is_input": ((3, 2, 4, 4), 4, 1, 0, 1),
-    "size_one": ((1, 1, 1, 1), 1, 1, 0, 1),
-    "size_one_padded": ((2, 1, 1, 1), 3, 1, 1, 1),
-    "primes": ((3, 5, 7, 13), (5, 3), (2, 3), (2, 1), 1),
-    "big_stride": ((2, 2, 8, 8), 2, 5, 0, 1),
-    "padding_wider_than_kernel": ((1, 2, 3, 3), 2, 1, 3, 1),
-    "empty_batch": ((0, 3, 5, 5), 3, 1, 1, 1),
-    "empty_channels": ((2, 0, 5, 5), 3, 1, 1, 1),
-    "empty_plane_padded": ((2, 3, 0, 4), 1, 1, (1, 0), 1),
-}
+from cases import IM2COL_CASES as CASES
 
 
 def _kwargs(case):

@@ -1,0 +1,62 @@
+"""The one table of test cases per operation, shared by the op tests, the
+property tests' regression block and the gradient tests."""
+from fastconv._workloads import HADAMARD
+
+# (na, nb, *S): the seed shapes, odd sizes, 1-element axes, trailing rank 0-3,
+# and few rows with long rows (the path that splits rows into blocks).
+HADAMARD_CASES = [
+    *[(na, nb, nx, ny) for name, (na, nb, nx, ny) in HADAMARD.items() if name != "seed_large"],
+    (1, 1, 1), (1, 7, 13), (5, 1, 3, 1), (3, 2, 1, 1, 1), (7, 11, 13, 2, 3),
+    (2, 3, 40_000), (13, 17), (0, 3, 4, 5), (3, 0, 4), (2, 2, 0, 5),
+]
+
+# (x shape, kernel_size, stride, padding, dilation)
+IM2COL_CASES = {
+    "seed_tiny": ((4, 4, 5, 5), 3, 1, 1, 1),
+    "stride2_pad0": ((2, 3, 9, 9), 3, 2, 0, 1),
+    "pair_args": ((2, 3, 7, 11), (2, 3), (2, 1), (1, 2), (1, 2)),
+    "same_odd": ((1, 2, 5, 6), 3, 1, "same", 1),
+    "same_even_kernel": ((2, 2, 7, 5), (4, 2), 1, "same", (1, 3)),
+    "valid": ((2, 3, 6, 7), (3, 2), (1, 3), "valid", 1),
+    "dilated": ((1, 2, 13, 11), 3, (3, 2), 2, (2, 3)),
+    "kernel_is_input": ((3, 2, 4, 4), 4, 1, 0, 1),
+    "size_one": ((1, 1, 1, 1), 1, 1, 0, 1),
+    "size_one_padded": ((2, 1, 1, 1), 3, 1, 1, 1),
+    "primes": ((3, 5, 7, 13), (5, 3), (2, 3), (2, 1), 1),
+    "big_stride": ((2, 2, 8, 8), 2, 5, 0, 1),
+    "padding_wider_than_kernel": ((1, 2, 3, 3), 2, 1, 3, 1),
+    "empty_batch": ((0, 3, 5, 5), 3, 1, 1, 1),
+    "empty_channels": ((2, 0, 5, 5), 3, 1, 1, 1),
+    "empty_plane_padded": ((2, 3, 0, 4), 1, 1, (1, 0), 1),
+}
+
+# name -> (x shape, weight shape, stride, padding, dilation, groups); the comments
+# name the kernel path the case exercises (see fastconv/conv.py).
+CONV2D_CASES = {
+    "seed_tiny": ((4, 4, 5, 5), (10, 4, 3, 3), 1, 1, 1, 1),              # direct
+    "seed_patch": ((64, 64, 3, 3), (8, 64, 3, 3), 1, 0, 1, 1),          # whole window GEMM
+    "gemm_3x3": ((3, 64, 6, 6), (16, 64, 3, 3), 1, 1, 1, 1),            # im2col + GEMM
+    "gemm_pairs": ((2, 32, 11, 7), (24, 32, 3, 2), (2, 1), (1, 2), (2, 1), 1),
+    "gemm_same": ((2, 32, 9, 10), (20, 32, 4, 3), 1, "same", (1, 2), 1),
+    "gemm_valid": ((2, 48, 9, 8), (40, 48, 2, 3), (1, 2), "valid", 1, 1),
+    "gemm_groups": ((2, 32, 10, 10), (32, 8, 3, 3), 2, 1, 1, 4),
+    "gemm_1x1_strided": ((2, 128, 9, 9), (64, 128, 1, 1), 2, 0, 1, 1),
+    "gemm_1x1_padded": ((2, 128, 5, 5), (64, 128, 1, 1), 1, 1, 1, 1),
+    "pointwise": ((2, 128, 7, 9), (64, 128, 1, 1), 1, 0, 1, 1),         # plain GEMM
+    "whole_window_pairs": ((3, 64, 4, 5), (16, 64, 4, 5), 3, 0, 1, 1),
+    "depthwise": ((2, 6, 9, 7), (6, 1, 3, 3), 1, "same", 1, 6),            # small (one serial call)
+    "depthwise_multiplier": ((2, 4, 9, 7), (12, 1, 3, 2), (2, 1), 1, (1, 2), 4),
+    "depthwise_big": ((2, 16, 48, 45), (16, 1, 3, 3), 1, 1, 1, 16),        # direct
+    "depthwise_multiplier_big": ((2, 4, 61, 50), (12, 1, 3, 2), (2, 1), 1, (1, 2), 4),
+    "depthwise_same_big": ((1, 8, 64, 63), (8, 1, 4, 5), 1, "same", (2, 1), 8),
+    "stem_small": ((2, 3, 30, 30), (16, 3, 7, 7), 2, 3, 1, 1),
+    "direct_groups": ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2),
+    "direct_stride_dilation": ((2, 3, 11, 10), (5, 3, 3, 2), (2, 3), (1, 0), (2, 2), 1),
+    "size_one": ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1),
+    "kernel_is_input": ((2, 3, 5, 5), (4, 3, 5, 5), 1, 0, 1, 1),
+    "primes": ((3, 5, 7, 13), (11, 5, 5, 3), (2, 3), (2, 1), 1, 1),
+    "padding_beyond_kernel": ((1, 2, 3, 3), (3, 2, 2, 2), 1, 3, 1, 1),
+    "empty_batch": ((0, 4, 5, 5), (10, 4, 3, 3), 1, 1, 1, 1),
+    "empty_out_channels": ((2, 4, 5, 5), (0, 4, 3, 3), 1, 1, 1, 1),
+    "empty_in_channels": ((2, 0, 5, 5), (3, 0, 3, 3), 1, 1, 1, 1),
+}
