@@ -21,9 +21,21 @@ from numba import prange
 from . import reference
 from ._args import as_array, check_ndim, contiguous, geometry, output, uses_kernel
 from ._args import input_shape as _shape_argument
-from ._config import kernel
+from ._config import kernel, serial_kernel
 
 __all__ = ["im2col", "col2im"]
+
+
+@serial_kernel
+def _inside_columns(off, sw, ow, w):
+    """The output columns [q0, q1) whose input column ``off + q*sw`` lies in [0, w)."""
+    q0 = 0
+    if off < 0:
+        q0 = min((-off + sw - 1) // sw, ow)
+    q1 = ow
+    if off + (ow - 1) * sw >= w:
+        q1 = max((w - off + sw - 1) // sw, q0)
+    return q0, q1
 
 
 @kernel
@@ -42,13 +54,7 @@ def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, oh
         o = out[r * row_stride + n * image_stride]
         plane = x[n, c]
         off = j * dw - pl
-        # output columns whose input column off + q*sw lies inside [0, w)
-        q0 = 0
-        if off < 0:
-            q0 = min((-off + sw - 1) // sw, ow)
-        q1 = ow
-        if off + (ow - 1) * sw >= w:
-            q1 = max((w - off + sw - 1) // sw, q0)
+        q0, q1 = _inside_columns(off, sw, ow, w)
         for y in range(oh):
             ih = y * sh - pt + i * dh
             d = y * ow
@@ -86,12 +92,7 @@ def _col2im(cols, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl,
             j = k - i * kw
             src = cols[(c * kk + k) * row_stride + n * image_stride]
             off = j * dw - pl
-            q0 = 0
-            if off < 0:
-                q0 = min((-off + sw - 1) // sw, ow)
-            q1 = ow
-            if off + (ow - 1) * sw >= w:
-                q1 = max((w - off + sw - 1) // sw, q0)
+            q0, q1 = _inside_columns(off, sw, ow, w)
             for y in range(oh):
                 ih = y * sh - pt + i * dh
                 if ih < 0 or ih >= h or q1 <= q0:

@@ -121,23 +121,30 @@ def conv2d_grad_bias(grad_out):
     return np.einsum("nohw->o", np.asarray(grad_out))
 
 
+def _rows(a):
+    """``a`` as a 2-D stack of its last axis (also when some size is 0)."""
+    return a.reshape(int(np.prod(a.shape[:-1])), a.shape[-1])
+
+
 def linear(x, W, b=None):
-    """``einsum('ni,io->no', x, W) + b`` with W of shape (I, O)."""
-    result = np.einsum("ni,io->no", np.asarray(x), np.asarray(W))
+    """``einsum('...i,io->...o', x, W) + b`` with W of shape (I, O); x is (N, I) or (I,)."""
+    result = np.einsum("...i,io->...o", np.asarray(x), np.asarray(W))
     return result if b is None else result + np.asarray(b)
 
 
 def linear_backward(x, W, grad_out):
     """``(dx, dW, db)`` with ``dW = einsum('ni,no->io', x, grad_out)``."""
     x, W, grad_out = np.asarray(x), np.asarray(W), np.asarray(grad_out)
-    dx = np.einsum("no,io->ni", grad_out, W)
-    dW = np.einsum("ni,no->io", x, grad_out)
-    return dx, dW, np.einsum("no->o", grad_out)
+    dx = np.einsum("...o,io->...i", grad_out, W)
+    dW = np.einsum("ni,no->io", _rows(x), _rows(grad_out))
+    return dx, dW, np.einsum("no->o", _rows(grad_out))
 
 
 def softmax(x, axis=-1):
     """``exp(x - max) / sum(exp(x - max))`` along ``axis``."""
     x = np.asarray(x)
+    if x.shape[axis] == 0:
+        return np.exp(x)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -145,7 +152,7 @@ def softmax(x, axis=-1):
 def softmax_backward(s, grad_s, axis=-1):
     """dL/dx through the full Jacobian ``diag(s) - s sᵀ``, built with einsum."""
     s, grad_s = np.moveaxis(np.asarray(s), axis, -1), np.moveaxis(np.asarray(grad_s), axis, -1)
-    S, G = s.reshape(-1, s.shape[-1]), grad_s.reshape(-1, s.shape[-1])
+    S, G = _rows(s), _rows(grad_s)
     diag_S = np.einsum("no,oi->nio", S, np.eye(S.shape[1], dtype=S.dtype))
     SS_T = np.einsum("no,ni->nio", S, S)
     dX = np.einsum("nio,no->ni", diag_S - SS_T, G)
