@@ -2,7 +2,7 @@
 torch.nn.functional.conv2d, over the named shapes of fastconv._workloads.CONV2D."""
 import numpy as np
 
-from .common import TIMER, require_torch, rng_arrays
+from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
@@ -75,11 +75,7 @@ class Conv2d:
 
     def track_gflops(self, shape, method, dtype):
         """GFLOP/s (2 * multiply-adds / best of 5 runs)."""
-        best = float("inf")
-        for _ in range(5):
-            start = TIMER()
-            self.run()
-            best = min(best, TIMER() - start)
+        best = best_time(self.run)
         return self.flops / best / 1e9
 
     track_gflops.unit = "GFLOP/s"

@@ -2,7 +2,7 @@
 references and torch autograd's backward of the same convolution."""
 import numpy as np
 
-from .common import TIMER, require_torch, rng_arrays
+from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
@@ -57,11 +57,7 @@ class Conv2dBackward:
         self.run()
 
     def track_gflops(self, shape, method, dtype):
-        best = float("inf")
-        for _ in range(5):
-            start = TIMER()
-            self.run()
-            best = min(best, TIMER() - start)
+        best = best_time(self.run)
         return _flops(CONV2D_BACKWARD[shape]) / best / 1e9
 
     track_gflops.unit = "GFLOP/s"

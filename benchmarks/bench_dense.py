@@ -1,11 +1,9 @@
 """linear / linear_backward / softmax / softmax_backward beside the einsum
 references, plain numpy (BLAS GEMMs, the closed-form softmax backward) and torch."""
-import subprocess
-import sys
 
 import numpy as np
 
-from .common import TIMER, require_torch, rng_arrays
+from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
@@ -155,7 +153,7 @@ class SoftmaxBackwardJacobian:
 
     def _reference_scaled(self):
         s, g = self.s[:self.rows], self.g[:self.rows]
-        best = min(_seconds(lambda: fc.reference.softmax_backward(s, g)) for _ in range(3))
+        best = best_time(lambda: fc.reference.softmax_backward(s, g), repeats=3)
         return best * self.s.shape[0] / self.rows
 
     def track_reference_scaled_seconds(self, shape):
@@ -164,31 +162,7 @@ class SoftmaxBackwardJacobian:
     track_reference_scaled_seconds.unit = "seconds"
 
     def track_speedup_over_reference(self, shape):
-        fast = min(_seconds(lambda: self.fast(self.s, self.g)) for _ in range(20))
+        fast = best_time(lambda: self.fast(self.s, self.g), repeats=20)
         return self._reference_scaled() / fast
 
     track_speedup_over_reference.unit = "x"
-
-
-def _seconds(run):
-    start = TIMER()
-    run()
-    return TIMER() - start
-
-
-class FirstCall:
-    """Import + first softmax/softmax_backward in a fresh process (kernels from the cache)."""
-    timeout = 300
-    code = ("import numpy as np, fastconv as fc; x = np.ones((3, 4), np.float32); "
-            "fc.softmax_backward(fc.softmax(x), x)")
-
-    def setup(self):
-        _fastconv("softmax")
-        subprocess.run([sys.executable, "-c", self.code], check=True)  # fill the cache
-
-    def track_import_and_first_call(self):
-        start = TIMER()
-        subprocess.run([sys.executable, "-c", self.code], check=True)
-        return TIMER() - start
-
-    track_import_and_first_call.unit = "seconds"

@@ -1,12 +1,10 @@
 """batch_outer_hadamard beside the seed's einsum and iterative versions, numpy
 broadcasting, torch, and ``out.fill`` (the store-bandwidth ceiling for out=)."""
 import itertools
-import subprocess
-import sys
 
 import numpy as np
 
-from .common import TIMER, require_torch, rng_arrays
+from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
@@ -62,15 +60,10 @@ class BatchOuterHadamard:
 
     def track_output_bandwidth(self, shape, method, dtype):
         """GB/s written into the (na*nb, nx, ny) result, best of 5 runs."""
-        best = min(self._once() for _ in range(5))
+        best = best_time(self.run)
         return self.out.nbytes / best / 1e9
 
     track_output_bandwidth.unit = "GB/s"
-
-    def _once(self):
-        start = TIMER()
-        self.run()
-        return TIMER() - start
 
 
 class BatchOuterHadamardMemory:
@@ -83,22 +76,3 @@ class BatchOuterHadamardMemory:
 
     def peakmem_batch_outer_hadamard(self, shape, method):
         self.run()
-
-
-class FirstCall:
-    """Import + first call in a fresh process, kernels loaded from the cache."""
-    timeout = 300
-    code = ("import numpy as np, fastconv as fc; "
-            "fc.batch_outer_hadamard(np.ones((2, 3, 4)), np.ones((3, 3, 4)))")
-
-    def setup(self):
-        if fc is None:
-            raise NotImplementedError("fastconv is not importable at this commit")
-        subprocess.run([sys.executable, "-c", self.code], check=True)  # fill the cache
-
-    def track_import_and_first_call(self):
-        start = TIMER()
-        subprocess.run([sys.executable, "-c", self.code], check=True)
-        return TIMER() - start
-
-    track_import_and_first_call.unit = "seconds"

@@ -2,7 +2,7 @@
 and ``out.fill`` (the store-bandwidth ceiling for the column matrix)."""
 import numpy as np
 
-from .common import TIMER, require_torch, rng_arrays
+from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
@@ -72,11 +72,7 @@ class Im2col:
 
     def track_bandwidth(self, shape, method, dtype):
         """GB/s written into the column matrix, best of 5 runs."""
-        best = float("inf")
-        for _ in range(5):
-            start = TIMER()
-            self.run()
-            best = min(best, TIMER() - start)
+        best = best_time(self.run)
         return self.nbytes / best / 1e9
 
     track_bandwidth.unit = "GB/s"

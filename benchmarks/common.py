@@ -20,6 +20,16 @@ def require_torch():
     return torch
 
 
+def best_time(run, repeats=5):
+    """Best wall time of ``repeats`` calls of ``run`` (for the ``track_`` rates)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = TIMER()
+        run()
+        best = min(best, TIMER() - start)
+    return best
+
+
 def rng_arrays(*shapes, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(dtype) for shape in shapes]

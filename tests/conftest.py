@@ -22,6 +22,25 @@ def assert_matches(actual, expected, rtol=None):
     )
 
 
+def central_difference(loss, array, step=1e-6):
+    """d loss() / d array by central differences, perturbing ``array`` in place."""
+    grad = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        saved = array[index]
+        array[index] = saved + step
+        up = loss()
+        array[index] = saved - step
+        down = loss()
+        array[index] = saved
+        grad[index] = (up - down) / (2 * step)
+    return grad
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| relative to max |expected|."""
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
 def random_array(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
 

@@ -7,7 +7,7 @@ from hypothesis.extra import numpy as hnp
 import fastconv as fc
 from fastconv._workloads import LINEAR, SOFTMAX
 
-from conftest import DTYPES, RTOL, assert_matches, layouts, random_array
+from conftest import DTYPES, RTOL, assert_matches, central_difference, layouts, random_array, relative_error
 
 # -- one table of cases -----------------------------------------------------------------
 
@@ -229,23 +229,6 @@ def test_inputs_are_not_modified(rng):
 
 # -- finite differences ----------------------------------------------------------------------
 
-def _numeric_gradient(loss, x, h=1e-6):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        saved = x[index]
-        x[index] = saved + h
-        up = loss()
-        x[index] = saved - h
-        down = loss()
-        x[index] = saved
-        grad[index] = (up - down) / (2 * h)
-    return grad
-
-
-def _relative_error(actual, expected):
-    return np.abs(actual - expected).max() / np.abs(expected).max()
-
-
 @pytest.mark.parametrize("case", [(3, 4, 5), (None, 4, 3)], ids=str)
 def test_linear_backward_matches_finite_differences(case, rng):
     x, W, b, G = _linear_inputs(rng, case, np.float64)
@@ -255,7 +238,7 @@ def test_linear_backward_matches_finite_differences(case, rng):
 
     dx, dW, db = fc.linear_backward(x, W, G)
     for analytic, variable in [(dx, x), (dW, W), (db, b)]:
-        assert _relative_error(analytic, _numeric_gradient(loss, variable)) < 1e-6
+        assert relative_error(analytic, central_difference(loss, variable)) < 1e-6
 
 
 @pytest.mark.parametrize("shape, axis", [((3, 5), -1), ((3, 5), 0), ((2, 3, 4), 1)], ids=str)
@@ -266,7 +249,7 @@ def test_softmax_backward_matches_finite_differences(shape, axis, rng):
         return np.sum(fc.softmax(x, axis=axis) * G)
 
     analytic = fc.softmax_backward(fc.softmax(x, axis=axis), G, axis=axis)
-    assert _relative_error(analytic, _numeric_gradient(loss, x)) < 1e-6
+    assert relative_error(analytic, central_difference(loss, x)) < 1e-6
 
 
 # -- bad input: one test per rule ----------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_matches, random_array
+from conftest import assert_matches, central_difference, random_array, relative_error
 
 import fastconv as fc
 from fastconv.layers import Conv2d, Flatten, Linear, ReLU, Softmax
@@ -84,17 +84,8 @@ def test_network_gradient_matches_finite_differences(rng):
     forward(layers, X)
     backward(layers, G)
     conv = layers[2]
-    analytic = conv.dweights.copy()
-    numeric = np.empty_like(analytic)
-    for index in np.ndindex(analytic.shape):
-        saved = conv.weights[index]
-        values = []
-        for step in (1e-6, -1e-6):
-            conv.weights[index] = saved + step
-            values.append(np.vdot(forward(layers, X), G))
-        conv.weights[index] = saved
-        numeric[index] = (values[0] - values[1]) / 2e-6
-    assert np.abs(analytic - numeric).max() <= 1e-6 * np.abs(numeric).max()
+    numeric = central_difference(lambda: np.vdot(forward(layers, X), G), conv.weights)
+    assert relative_error(conv.dweights, numeric) < 1e-6
 
 
 def test_relu_and_flatten_round_trip(rng):
