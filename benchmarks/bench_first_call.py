@@ -5,7 +5,7 @@ import sys
 
 from .common import TIMER
 
-SETUP = "import numpy as np, fastconv as fc; f4 = np.float32; "
+PRELUDE = "import numpy as np, fastconv as fc; f4 = np.float32; "
 CALLS = {
     "batch_outer_hadamard": "fc.batch_outer_hadamard(np.ones((2, 3, 4)), np.ones((3, 3, 4)))",
     "conv2d": "fc.conv2d(np.ones((2, 8, 9, 9), f4), np.ones((8, 8, 3, 3), f4), padding=1)",
@@ -28,7 +28,7 @@ class FirstCall:
             raise NotImplementedError(f"{operation} is not available at this commit") from None
 
     def _run(self, operation):
-        subprocess.run([sys.executable, "-c", SETUP + CALLS[operation]], check=True,
+        subprocess.run([sys.executable, "-c", PRELUDE + CALLS[operation]], check=True,
                        capture_output=True)
 
     def track_import_and_first_call(self, operation):
