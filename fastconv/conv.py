@@ -10,6 +10,9 @@ Kernel strategy by shape class (float32/float64):
   written straight into the NCHW output;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
   ``x.reshape(N, -1) @ W.reshape(O, -1).T`` (im2col is a reshape there);
+* 3x3 stride-1 undilated, groups=1, enough work: Winograd F(2x2,3x3) or
+  F(4x4,3x3) (``fastconv._winograd``): 2.25-4x fewer multiplications, in
+  batched GEMMs between numba input and output transforms;
 * everything else: im2col of a few images at a time into a buffer that stays in
   cache (per-image stacked layout), then per group one batched GEMM
   ``W_g (O/g, C/g*KH*KW) @ cols[n]`` written straight into NCHW; with groups=1
@@ -18,7 +21,7 @@ Kernel strategy by shape class (float32/float64):
 import numpy as np
 from numba import prange
 
-from . import reference
+from . import _winograd, reference
 from ._args import (
     as_array, check_bias, check_ndim, contiguous, conv_groups, geometry, output, uses_kernel,
 )
@@ -261,6 +264,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, o
         np.matmul(x.reshape(n, -1), w.reshape(o, -1).T, out=out2)
         if has_bias:
             out2 += b
+    elif groups == 1 and (kh, kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
+            and _winograd.worthwhile(n, c, o, g.oh, g.ow):
+        _winograd.conv2d_3x3(x, w, b, g, result)
     else:
         _gemm_path(x, w, b, result, geom, groups, has_bias)
     return result
