@@ -228,21 +228,32 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, o
         inputs["bias"] = bias
     geom = geometry(func, x.shape[2:], weight.shape[2:], stride, padding, dilation)
     dtype = np.result_type(*inputs.values())
-    n, c = x.shape[:2]
-    o, cg, kh, kw = weight.shape
-    result = output(func, out, (n, o, geom.oh, geom.ow), dtype, inputs)
+    result = output(func, out, (x.shape[0], weight.shape[0], geom.oh, geom.ow), dtype, inputs)
     if not uses_kernel(dtype):
         return reference.conv2d(x, weight, bias, stride=stride, padding=padding,
                                 dilation=dilation, groups=groups, out=result)
+    b = None if bias is None else contiguous(bias, dtype)
+    return convolve_into(contiguous(x, dtype), contiguous(weight, dtype), b, geom, groups, result)
+
+
+def convolve_into(x, w, bias, geom, groups, result):
+    """conv2d's kernel dispatch on validated arrays; fills and returns ``result``.
+
+    ``x`` (N, C, H, W) and ``w`` (O, C // groups, KH, KW) are C-contiguous in
+    ``result``'s dtype, ``bias`` is (O,) or None and ``geom`` was made for x's
+    plane. Package-internal: conv2d_grad_input runs its transposed convolution
+    through it.
+    """
     if not result.size:
         return result
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    dtype = result.dtype
     has_bias = bias is not None
-    b = contiguous(bias, dtype) if has_bias else np.zeros(o, dtype)
+    b = bias if has_bias else np.zeros(o, dtype)
     if c == 0:
         result[...] = b[:, None, None]
         return result
-    x = contiguous(x, dtype)
-    w = contiguous(weight, dtype)
     g = geom
     macs = result.size * cg * kh * kw
     unpadded = g.pt == g.pb == g.pl == g.pr == 0

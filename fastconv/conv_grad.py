@@ -1,8 +1,10 @@
 """Gradients of conv2d: dL/dx, dL/dW and dL/db for every configuration conv2d accepts.
 
-* grad_input is a transposed convolution: per chunk of images, ``Wᵀ · grad_out``
-  (one GEMM per group) gives the column gradients, which col2im scatters back
-  race-free (one task per input plane).
+* grad_input is a transposed convolution. With stride 1 it is a plain convolution
+  of grad_out with the flipped, transposed weight, so it runs through conv2d's own
+  kernels (Winograd for 3x3, depthwise, 1x1 GEMM, ...). Otherwise, per chunk of
+  images, ``Wᵀ · grad_out`` (one GEMM per group) gives the column gradients, which
+  col2im scatters back race-free (one task per input plane).
 * grad_weight is a GEMM against the im2col columns: ``grad_out (O, n*OH*OW) ·
   cols (n*OH*OW, C*KH*KW)`` summed over chunks of images.
 * Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
@@ -12,9 +14,10 @@ import numpy as np
 from numba import prange
 
 from . import reference
-from ._args import as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
+from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
 from ._args import input_shape as shape_argument
 from ._config import kernel
+from .conv import convolve_into
 from .im2col import col2im_stacked_into, im2col_into
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
@@ -80,6 +83,25 @@ def _grad_weight_direct(x, grad_out, dw_out, groups, sh, sw, dh, dw, pt, pl):
                     dw_out[o, ci, i, j] = total
 
 
+def _transposed_geometry(geom, input_hw):
+    """For stride 1, dL/dx is a convolution of grad_out with the flipped, transposed
+    weight, padded by ``dilation*(K-1) - padding`` on each side: its Geometry over
+    the (OH, OW) plane, or None where that padding would be negative or stride > 1."""
+    g = geom
+    span_h, span_w = g.dh * (g.kh - 1), g.dw * (g.kw - 1)
+    pads = (span_h - g.pt, span_h - g.pb, span_w - g.pl, span_w - g.pr)
+    if (g.sh, g.sw) != (1, 1) or min(pads) < 0:
+        return None
+    return Geometry(g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, *input_hw)
+
+
+def _transposed_weight(w, groups):
+    """(O, C/g, KH, KW) -> (C, O/g, KH, KW): per group, in and out swapped, taps flipped."""
+    o, cg, kh, kw = w.shape
+    per_group = w.reshape(groups, o // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(per_group[..., ::-1, ::-1]).reshape(groups * cg, o // groups, kh, kw)
+
+
 def _check_grad_out(func, grad_out, expected):
     if grad_out.shape != expected:
         raise ValueError(f"{func}: grad_out has shape {grad_out.shape} but the convolution's "
@@ -138,6 +160,9 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
         return dx
     go, w = contiguous(grad_out, dtype), contiguous(weight, dtype)
     g = geom
+    transposed = _transposed_geometry(g, shape[2:])
+    if transposed is not None:
+        return convolve_into(go, _transposed_weight(w, groups), None, transposed, groups, dx)
     macs = go.size * w.shape[1] * g.kh * g.kw
     if w.shape[1] == 1 or macs < _DIRECT_MACS:
         _grad_input_direct(go, w, dx, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
