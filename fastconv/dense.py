@@ -292,7 +292,7 @@ def linear(x, W, b=None):
     _linear_operands(func, x, W, b, "b")
     dtype = np.result_type(x, W, *(() if b is None else (b,)))
     if not uses_kernel(dtype):
-        return reference.linear(x[None], W, b)[0] if x.ndim == 1 else reference.linear(x, W, b)
+        return reference.linear(x, W, b)
     result = np.empty((*x.shape[:-1], W.shape[1]), dtype)
     np.matmul(x.astype(dtype, copy=False), W.astype(dtype, copy=False), out=result)
     if b is not None:
@@ -342,9 +342,6 @@ def linear_backward(x, W, grad_out):
     _linear_operands(func, x, W, grad_out, "grad_out")
     dx_dtype, dW_dtype = np.result_type(grad_out, W), np.result_type(x, grad_out)
     if not all(uses_kernel(t) for t in (dx_dtype, dW_dtype, grad_out.dtype)):
-        if x.ndim == 1:
-            dx, dW, db = reference.linear_backward(x[None], W, grad_out[None])
-            return dx[0], dW, db
         return reference.linear_backward(x, W, grad_out)
     g = grad_out if grad_out.ndim == 2 else grad_out[None]
     x2 = x if x.ndim == 2 else x[None]
@@ -379,6 +376,28 @@ def _split(shape, axis):
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
+def _along_axis(rows_kernel, strided_kernel, inputs, axis, result):
+    """Run a softmax kernel along ``axis`` of the C-contiguous ``inputs`` into ``result``.
+
+    The row kernels want ``axis`` last; a short trailing extent (< _TRANSPOSE_BELOW)
+    is moved there by a transposing copy, a long one runs the strided kernels.
+    """
+    outer, n, inner = _split(result.shape, axis)
+    if result.size == 0:
+        return result
+    if inner == 1:
+        rows_kernel(*(a.reshape(outer, n) for a in inputs), result.reshape(outer, n), work=result.size)
+    elif inner < _TRANSPOSE_BELOW:
+        moved = [np.ascontiguousarray(np.moveaxis(a, axis, -1)) for a in inputs]
+        moved_result = np.empty(moved[0].shape, result.dtype)
+        rows_kernel(*(a.reshape(-1, n) for a in moved), moved_result.reshape(-1, n), work=result.size)
+        np.copyto(result, np.moveaxis(moved_result, -1, axis))
+    else:
+        strided_kernel(*(a.reshape(outer, n, inner) for a in inputs), result.reshape(outer, n, inner),
+                       _INNER_BLOCK, work=result.size)
+    return result
+
+
 def softmax(x, axis=-1):
     """Numerically stable softmax ``exp(x - max) / sum(exp(x - max))`` along ``axis``.
 
@@ -407,21 +426,7 @@ def softmax(x, axis=-1):
     if not uses_kernel(x.dtype):
         return reference.softmax(x, axis=axis)
     result = np.empty(x.shape, x.dtype)
-    outer, n, inner = _split(x.shape, axis)
-    if result.size == 0:
-        return result
-    if inner == 1:
-        _softmax_rows(contiguous(x, x.dtype).reshape(outer, n), result.reshape(outer, n), work=x.size)
-    elif inner < _TRANSPOSE_BELOW:
-        moved = np.empty((*x.shape[:axis], *x.shape[axis + 1:], n), x.dtype)
-        np.copyto(moved, np.moveaxis(x, axis, -1))
-        moved_result = np.empty_like(moved)  # separate: aliasing would defeat vectorization
-        _softmax_rows(moved.reshape(-1, n), moved_result.reshape(-1, n), work=x.size)
-        np.copyto(result, np.moveaxis(moved_result, -1, axis))
-    else:
-        _softmax_strided(contiguous(x, x.dtype).reshape(outer, n, inner),
-                         result.reshape(outer, n, inner), _INNER_BLOCK, work=x.size)
-    return result
+    return _along_axis(_softmax_rows, _softmax_strided, [contiguous(x, x.dtype)], axis, result)
 
 
 def softmax_backward(s, grad_s, axis=-1):
@@ -461,24 +466,5 @@ def softmax_backward(s, grad_s, axis=-1):
     if not uses_kernel(dtype):
         return reference.softmax_backward(s, grad_s, axis=axis)
     result = np.empty(s.shape, dtype)
-    outer, n, inner = _split(s.shape, axis)
-    if result.size == 0:
-        return result
-    if inner == 1:
-        _softmax_backward_rows(contiguous(s, dtype).reshape(outer, n),
-                               contiguous(grad_s, dtype).reshape(outer, n),
-                               result.reshape(outer, n), work=s.size)
-    elif inner < _TRANSPOSE_BELOW:
-        moved_shape = (*s.shape[:axis], *s.shape[axis + 1:], n)
-        moved_s, moved_g = np.empty(moved_shape, dtype), np.empty(moved_shape, dtype)
-        np.copyto(moved_s, np.moveaxis(s, axis, -1))
-        np.copyto(moved_g, np.moveaxis(grad_s, axis, -1))
-        moved_result = np.empty(moved_shape, dtype)
-        _softmax_backward_rows(moved_s.reshape(-1, n), moved_g.reshape(-1, n),
-                               moved_result.reshape(-1, n), work=s.size)
-        np.copyto(result, np.moveaxis(moved_result, -1, axis))
-    else:
-        _softmax_backward_strided(contiguous(s, dtype).reshape(outer, n, inner),
-                                  contiguous(grad_s, dtype).reshape(outer, n, inner),
-                                  result.reshape(outer, n, inner), _INNER_BLOCK, work=s.size)
-    return result
+    inputs = [contiguous(s, dtype), contiguous(grad_s, dtype)]
+    return _along_axis(_softmax_backward_rows, _softmax_backward_strided, inputs, axis, result)
