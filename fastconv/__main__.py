@@ -72,7 +72,14 @@ def _jobs(rng, dtype, quick):
         for name, dims in pick(W.CONV2D_BACKWARD).items():
             (x, weight, _), kw = _conv_args(rng, dtype, *dims)
             grad_out = fc.conv2d(x, weight, **kw)
-            yield "conv2d_backward", name, (x, weight, grad_out), kw, {}
+            methods = {}
+            if torch:
+                tx, tw = T(x).requires_grad_(), T(weight).requires_grad_()
+                tb = torch.zeros(len(weight), dtype=tx.dtype, requires_grad=True)
+                y = torch.nn.functional.conv2d(tx, tw, tb, **kw)
+                methods["torch"] = lambda y=y, inputs=(tx, tw, tb), g=T(grad_out): torch.autograd.grad(
+                    y, inputs, g, retain_graph=True)
+            yield "conv2d_backward", name, (x, weight, grad_out), kw, methods
 
     if hasattr(fc, "linear"):
         for name, (n, i, o) in pick(W.LINEAR).items():
