@@ -13,8 +13,11 @@ Kernel strategy by shape class (float32/float64):
 * 3x3 stride-1 undilated, groups=1, enough work: Winograd F(2x2,3x3) or
   F(4x4,3x3) (``fastconv._winograd``): 2.25-4x fewer multiplications, in
   batched GEMMs between numba input and output transforms;
-* everything else: im2col of a few images at a time into a buffer that stays in
-  cache (per-image stacked layout), then per group one batched GEMM
+* everything else: im2col + GEMM with a buffer that stays in cache. Small output
+  planes (OH*OW <= 4096): the columns of a chunk of images side by side, one wide
+  GEMM per group (a per-image GEMM would be too narrow), then a copy into NCHW
+  that adds the bias. Large planes: per-image stacked columns of a few images or
+  a band of output rows, then per group one batched GEMM
   ``W_g (O/g, C/g*KH*KW) @ cols[n]`` written straight into NCHW; with groups=1
   the bias rides in the GEMM as an extra row of ones.
 """
@@ -26,14 +29,20 @@ from ._args import (
     as_array, check_bias, check_ndim, contiguous, conv_groups, geometry, output, uses_kernel,
 )
 from ._config import kernel, serial_kernel
-from .im2col import im2col_stacked_into
+from .im2col import im2col_into, im2col_stacked_into
 
 __all__ = ["conv2d"]
 
 #: Multiply-adds below which one serial pad + im2col + GEMM call beats the rest.
 _SMALL_MACS = 1 << 18
-#: Target size of one im2col buffer (bytes): a few images' columns, cache resident.
+#: Output planes up to this many pixels take the merged im2col + GEMM (one wide
+#: GEMM over a chunk of images); larger ones the per-image stacked form.
+_MERGE_PLANE = 4096
+#: Merged form: size of one chunk's column + GEMM-result buffers (bytes).
 _CHUNK_BYTES = 8 << 20
+#: Stacked form: size of one chunk's column buffer (bytes), L2/L3 resident between
+#: im2col and GEMM (measured on the 7x7 stride-2 stem: 2-4 MB beat 8 MB).
+_BAND_BYTES = 4 << 20
 
 
 @kernel
@@ -152,31 +161,89 @@ def _add_bias(out, b):
             row[k] += bias
 
 
+@kernel
+def _unmerge(tmp, out, b, start):
+    """out[start + m, o, :] = tmp[o, m*S:(m+1)*S] + b[o] for tmp (O, M*S), out (N, O, S)."""
+    n_out, p = tmp.shape
+    size = out.shape[2]
+    for task in prange((p // size) * n_out):
+        m = task // n_out
+        o = task - m * n_out
+        src = tmp[o, m * size:(m + 1) * size]
+        dst = out[start + m, o]
+        bias = b[o]
+        for k in range(size):
+            dst[k] = src[k] + bias
+
+
 def _gemm_path(x, w, b, result, geom, groups, has_bias):
-    """im2col a chunk of images into a cached buffer, then per-group batched GEMMs."""
+    """im2col + GEMM, in one of two forms by output plane size (see the module docstring)."""
+    if geom.oh * geom.ow <= _MERGE_PLANE:
+        _gemm_merged(x, w, b, result, geom, groups)
+    else:
+        _gemm_stacked(x, w, b, result, geom, groups, has_bias)
+
+
+def _gemm_merged(x, w, b, result, geom, groups):
+    """Columns of a chunk of images side by side (public layout), one GEMM per group
+    into a (O, chunk*OH*OW) buffer, then a copy into NCHW that adds the bias."""
     n, c = x.shape[:2]
     o = w.shape[0]
-    kk = geom.kh * geom.kw
-    rows, ohw = c * kk, geom.oh * geom.ow
+    rows, ohw = c * geom.kh * geom.kw, geom.oh * geom.ow
+    og, rg = o // groups, rows // groups
+    chunk = max(1, min(n, _CHUNK_BYTES // ((rows + o) * ohw * x.itemsize)))
+    cols_buffer = np.empty(rows * chunk * ohw, x.dtype)
+    tmp_buffer = np.empty(o * chunk * ohw, x.dtype)
+    w2 = w.reshape(o, rg)
+    out3 = result.reshape(n, o, ohw)
+    for start in range(0, n, chunk):
+        width = (min(n, start + chunk) - start) * ohw
+        cols = im2col_into(x[start:start + width // ohw], geom,
+                           cols_buffer[:rows * width].reshape(rows, width))
+        tmp = tmp_buffer[:o * width].reshape(o, width)
+        for g in range(groups):  # (P, Rg) @ (Rg, Og) ran faster here than (Og, Rg) @ (Rg, P)
+            np.matmul(cols[g * rg:(g + 1) * rg].T, w2[g * og:(g + 1) * og].T,
+                      out=tmp[g * og:(g + 1) * og].T)
+        _unmerge(tmp, out3, b, start, work=tmp.size)
+
+
+def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
+    """Per image stacked columns, per group one batched GEMM written straight into NCHW.
+
+    A chunk is a few whole images, or, where one image's columns exceed the
+    budget, a band of output rows of one image (the GEMM writes that band of
+    each output plane). With groups=1 the bias rides in the GEMM as a row of ones.
+    """
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    rows, ow = c * geom.kh * geom.kw, geom.ow
     fold_bias = has_bias and groups == 1
     stride = rows + fold_bias
-    chunk = max(1, min(n, _CHUNK_BYTES // (stride * ohw * x.itemsize)))
-    cols = np.empty((chunk, stride, ohw), x.dtype)
+    row_bytes = stride * ow * x.itemsize
+    if row_bytes * geom.oh <= _BAND_BYTES:
+        chunk, band = min(n, _BAND_BYTES // (row_bytes * geom.oh)), geom.oh
+    else:
+        chunk, band = 1, max(1, _BAND_BYTES // row_bytes)
+    cols = np.empty(chunk * stride * band * ow, x.dtype)
     w2 = w.reshape(groups, o // groups, rows // groups)
     if fold_bias:
-        cols[:, rows] = 1
         w2 = np.concatenate([w2[0], b[:, None]], axis=1)[None]
-    out3 = result.reshape(n, o, ohw)
+    out3 = result.reshape(n, o, geom.oh * ow)
     og, rg = o // groups, rows // groups
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        buf = cols[:stop - start]
-        im2col_stacked_into(x[start:stop], geom, buf)
-        if groups == 1:
-            np.matmul(w2[0], buf, out=out3[start:stop])
-        else:
-            for g in range(groups):
-                np.matmul(w2[g], buf[:, g * rg:(g + 1) * rg], out=out3[start:stop, g * og:(g + 1) * og])
+        for y0 in range(0, geom.oh, band):
+            y1 = min(geom.oh, y0 + band)
+            buf = cols[:(stop - start) * stride * (y1 - y0) * ow].reshape(stop - start, stride, -1)
+            if fold_bias:
+                buf[:, rows] = 1
+            im2col_stacked_into(x[start:stop], geom, buf, y0, y1)
+            dst = out3[start:stop, :, y0 * ow:y1 * ow]
+            if groups == 1:
+                np.matmul(w2[0], buf, out=dst)
+            else:
+                for g in range(groups):
+                    np.matmul(w2[g], buf[:, g * rg:(g + 1) * rg], out=dst[:, g * og:(g + 1) * og])
     if has_bias and not fold_bias:
         _add_bias(out3, b, work=out3.size)
 

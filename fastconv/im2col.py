@@ -39,8 +39,9 @@ def _inside_columns(off, sw, ow, w):
 
 
 @kernel
-def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
-    """out[r*row_stride + n*image_stride, oh*OW + ow] = x_padded[n, c, ih, iw]."""
+def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, y0, y1, ow):
+    """out[r*row_stride + n*image_stride, (y - y0)*OW + q] = x_padded[n, c, ih, iw] for
+    the output rows y in [y0, y1)."""
     n_images, channels, h, w = x.shape
     kk = kh * kw
     rows = channels * kk
@@ -55,9 +56,9 @@ def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, oh
         plane = x[n, c]
         off = j * dw - pl
         q0, q1 = _inside_columns(off, sw, ow, w)
-        for y in range(oh):
+        for y in range(y0, y1):
             ih = y * sh - pt + i * dh
-            d = y * ow
+            d = (y - y0) * ow
             if ih < 0 or ih >= h:
                 o[d:d + ow] = 0
                 continue
@@ -113,6 +114,11 @@ def _window(geom):
     return g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow
 
 
+def _tap_window(geom):
+    g = geom
+    return g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl
+
+
 def im2col_into(x, geom, out):
     """Columns of ``x`` (N, C, H, W) into ``out`` (C*KH*KW, N*OH*OW), the public layout.
 
@@ -122,22 +128,25 @@ def im2col_into(x, geom, out):
     n, c = x.shape[:2]
     rows = c * geom.kh * geom.kw
     if out.size:
-        _im2col(x, out.reshape(rows * n, geom.oh * geom.ow), n, 1, *_window(geom), work=out.size)
+        _im2col(x, out.reshape(rows * n, geom.oh * geom.ow), n, 1, *_tap_window(geom), 0, geom.oh,
+                geom.ow, work=out.size)
     return out
 
 
-def im2col_stacked_into(x, geom, out):
-    """Columns of ``x`` (N, C, H, W) into ``out`` (N, R, OH*OW) with ``R >= C*KH*KW``.
+def im2col_stacked_into(x, geom, out, y0=0, y1=None):
+    """Columns of ``x`` (N, C, H, W) for the output rows ``[y0, y1)`` (default all)
+    into ``out`` (N, R, (y1 - y0)*OW) with ``R >= C*KH*KW``.
 
     Image ``n``'s columns are ``out[n, :C*KH*KW]`` (rows beyond are left alone,
     e.g. a row of ones that folds a bias into the GEMM). Package-internal, as
     :func:`im2col_into`.
     """
     n, c = x.shape[:2]
-    stride = out.shape[1]
+    y1 = geom.oh if y1 is None else y1
+    stride, width = out.shape[1], (y1 - y0) * geom.ow
     if out.size and c:
-        _im2col(x, out.reshape(n * stride, geom.oh * geom.ow), 1, stride, *_window(geom),
-                work=n * c * geom.kh * geom.kw * geom.oh * geom.ow)
+        _im2col(x, out.reshape(n * stride, width), 1, stride, *_tap_window(geom), y0, y1,
+                geom.ow, work=n * c * geom.kh * geom.kw * width)
     return out
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv import reference
+from fastconv import conv, reference
 
 from cases import CONV2D_CASES as CASES
 
@@ -45,6 +45,20 @@ def test_equals_im2col_then_gemm(name, rng):
     n, o = x.shape[0], w.shape[0]
     expected = (w.reshape(o, -1) @ cols + b[:, None]).reshape(o, n, *y.shape[2:]).transpose(1, 0, 2, 3)
     assert_matches(y, expected)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("form", ["stacked_images", "stacked_bands"])
+@pytest.mark.parametrize("name", ["gemm_3x3", "gemm_pairs", "gemm_same", "gemm_groups_big", "stem_small",
+                                  "gemm_wide_plane", "gemm_1x1_strided"])
+def test_gemm_stacked_forms(name, form, bias, rng, monkeypatch):
+    """im2col + GEMM with per-image stacked columns: chunks of whole images, or bands
+    of output rows (budgets shrunk so that the small cases take these forms)."""
+    monkeypatch.setattr(conv, "_MERGE_PLANE", 0)
+    monkeypatch.setattr(conv, "_BAND_BYTES", 1 if form == "stacked_bands" else 1 << 20)
+    case = CASES[name]
+    x, w, b = _arrays(rng, case, np.float64, bias)
+    assert_matches(fc.conv2d(x, w, b, **_kwargs(case)), reference.conv2d(x, w, b, **_kwargs(case)))
 
 
 @pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))

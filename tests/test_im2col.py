@@ -112,6 +112,9 @@ def test_stacked_helpers(rng):
     public = reference.im2col(x, (3, 2), stride=(2, 1), padding=1)
     np.testing.assert_array_equal(stacked[:, :rows], public.reshape(rows, 3, ohw).transpose(1, 0, 2))
     assert (stacked[:, rows] == 7.0).all()
+    band = np.full((3, rows, 2 * geom.ow), 7.0)
+    im2col_stacked_into(x, geom, band, 1, 3)
+    np.testing.assert_array_equal(band, stacked[:, :rows, geom.ow:3 * geom.ow])
     back = col2im_stacked_into(stacked, geom, np.empty(x.shape))
     expected = reference.col2im(stacked[:, :rows].transpose(1, 0, 2).reshape(rows, -1), x.shape,
                                 (3, 2), stride=(2, 1), padding=1)
