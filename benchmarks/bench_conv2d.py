@@ -6,6 +6,7 @@ from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
+    from fastconv._seeds import conv2d_im2col
     from fastconv._workloads import CONV2D
     fc.conv2d  # noqa: B018 - a commit before conv2d existed skips below
 except (ImportError, AttributeError):
@@ -14,21 +15,6 @@ except (ImportError, AttributeError):
 METHODS = ["fastconv", "reference", "seed_im2col", "torch"]
 #: shapes where the loop recipe (or the einsum reference) would take > 10 s per call
 _SLOW = {"seed_im2col": {"stem_7x7_s2"}, "reference": set()}
-
-
-def seed_im2col_conv(X, W, b, s, p):
-    """The from-scratch recipe of issue 3: loop im2col, one GEMM, transpose (groups=1)."""
-    batch, channels, h, w = X.shape
-    O, _, k, _ = W.shape
-    out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    padded_X = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)))
-    X_col = np.zeros((channels * k * k, batch, out_h * out_w), X.dtype)
-    for i in range(out_h):
-        for j in range(out_w):
-            patch = padded_X[:, :, i * s:i * s + k, j * s:j * s + k]
-            X_col[:, :, i * out_w + j] = patch.reshape(batch, -1).T
-    out = W.reshape(O, -1) @ X_col.reshape(channels * k * k, -1) + b.reshape(O, 1)
-    return out.reshape(O, batch, out_h, out_w).transpose(1, 0, 2, 3)
 
 
 def _setup(shape, method, dtype):
@@ -46,7 +32,7 @@ def _setup(shape, method, dtype):
     if method == "seed_im2col":
         if g != 1:
             raise NotImplementedError("the loop recipe has no groups")
-        return lambda: seed_im2col_conv(x, weight, bias, s, p), flops
+        return lambda: conv2d_im2col(x, weight, bias, s, p), flops
     torch = require_torch()
     F = torch.nn.functional
     tx, tw, tb = (torch.from_numpy(a) for a in (x, weight, bias))

@@ -1,6 +1,5 @@
 """batch_outer_hadamard beside the seed's einsum and iterative versions, numpy
 broadcasting, torch, and ``out.fill`` (the store-bandwidth ceiling for out=)."""
-import itertools
 
 import numpy as np
 
@@ -8,6 +7,7 @@ from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
+    from fastconv._seeds import outer_hadamard_iter
     from fastconv._workloads import HADAMARD
 except ImportError:  # a commit before the workloads existed
     fc, HADAMARD = None, {"seed_tiny": (2, 3, 50, 60), "l3_resident": (20, 30, 50, 60),
@@ -20,7 +20,7 @@ def _methods(A, B, out):
         "fastconv": lambda: fc.batch_outer_hadamard(A, B),
         "fastconv_out": lambda: fc.batch_outer_hadamard(A, B, out=out),
         "reference": lambda: fc.reference.batch_outer_hadamard(A, B),
-        "itertools": lambda: np.stack([a * b for a, b in itertools.product(A, B)]),
+        "itertools": lambda: outer_hadamard_iter(A, B),
         "numpy_broadcast": lambda: (A[:, None] * B[None]).reshape(na * nb, *A.shape[1:]),
         "out_fill": lambda: out.fill(1.5),
     }

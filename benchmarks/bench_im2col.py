@@ -6,25 +6,13 @@ from .common import TIMER, best_time, require_torch, rng_arrays
 
 try:
     import fastconv as fc
+    from fastconv._seeds import im2col_loop
     from fastconv._workloads import IM2COL
     fc.im2col  # noqa: B018 - a commit before im2col existed skips below
 except (ImportError, AttributeError):
     fc, IM2COL = None, {"seed_tiny": (4, 4, 5, 5, 3, 1, 1)}
 
 METHODS = ["fastconv", "reference", "seed_im2col", "torch", "out_fill"]
-
-
-def seed_im2col(X, k, s, p):
-    """The from-scratch loop recipe of issue 3: (C*k*k, N*out_h*out_w)."""
-    batch, channels, h, w = X.shape
-    out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    padded_X = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)))
-    X_col = np.zeros((channels * k * k, batch, out_h * out_w), X.dtype)
-    for i in range(out_h):
-        for j in range(out_w):
-            patch = padded_X[:, :, i * s:i * s + k, j * s:j * s + k]
-            X_col[:, :, i * out_w + j] = patch.reshape(batch, -1).T
-    return X_col.reshape(channels * k * k, -1)
 
 
 def _setup(shape, method, dtype, adjoint=False):
@@ -51,7 +39,7 @@ def _setup(shape, method, dtype, adjoint=False):
     else:
         funcs = {"fastconv": lambda: fc.im2col(x, k, stride=s, padding=p, out=out),
                  "reference": lambda: fc.reference.im2col(x, k, stride=s, padding=p),
-                 "seed_im2col": lambda: seed_im2col(x, k, s, p)}
+                 "seed_im2col": lambda: im2col_loop(x, k, s, p)}
     if method not in funcs:
         raise NotImplementedError(f"no {method} for this direction")
     return funcs[method], out.nbytes

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import reference
+from fastconv._seeds import im2col_loop
 from fastconv._args import geometry
 from fastconv.im2col import col2im_stacked_into, im2col_stacked_into
 
@@ -41,25 +42,12 @@ def test_adjoint(name, rng):
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs), float(np.abs(cols).sum() * np.abs(c).max(initial=0)))
 
 
-def _loop_recipe(X, k, s, p):
-    """The classic from-scratch im2col (issue 3): X_col (C*k*k, batch*out_h*out_w)."""
-    batch, channels, h, w = X.shape
-    out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    padded_X = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)))
-    X_col = np.zeros((channels * k * k, batch, out_h * out_w), X.dtype)
-    for i in range(out_h):
-        for j in range(out_w):
-            patch = padded_X[:, :, i * s:i * s + k, j * s:j * s + k]
-            X_col[:, :, i * out_w + j] = patch.reshape(batch, -1).T
-    return X_col.reshape(channels * k * k, -1)
-
-
 @pytest.mark.parametrize("shape,k,s,p", [
     ((4, 4, 5, 5), 3, 1, 1), ((2, 3, 9, 7), 3, 2, 0), ((3, 2, 8, 8), 5, 3, 2), ((1, 1, 4, 4), 4, 1, 0),
 ])
 def test_layout_equals_loop_recipe(shape, k, s, p, rng):
     x = random_array(rng, shape, np.float32)
-    np.testing.assert_array_equal(fc.im2col(x, k, stride=s, padding=p), _loop_recipe(x, k, s, p))
+    np.testing.assert_array_equal(fc.im2col(x, k, stride=s, padding=p), im2col_loop(x, k, s, p))
 
 
 @pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))
