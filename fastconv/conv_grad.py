@@ -3,22 +3,25 @@
 * grad_input is a transposed convolution. With stride 1 it is a plain convolution
   of grad_out with the flipped, transposed weight, so it runs through conv2d's own
   kernels (Winograd for 3x3, depthwise, 1x1 GEMM, ...). Otherwise, per chunk of
-  images, ``Wᵀ · grad_out`` (one GEMM per group) gives the column gradients, which
-  col2im scatters back race-free (one task per input plane).
+  images with their grad_out planes side by side (one wide GEMM, not a narrow one
+  per image), ``Wᵀ · grad_out`` (one GEMM per group) gives the column gradients,
+  which col2im scatters back race-free (one task per input plane).
 * grad_weight is a GEMM against the im2col columns: ``grad_out (O, n*OH*OW) ·
-  cols (n*OH*OW, C*KH*KW)`` summed over chunks of images.
+  cols (n*OH*OW, C*KH*KW)`` summed over chunks of images; for 3x3 stride-1
+  layers with enough work, the adjoint of the Winograd forward
+  (``fastconv._winograd.grad_weight_3x3``).
 * Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
   direct loop kernels (one task per output plane, no shared writes).
 """
 import numpy as np
 from numba import prange
 
-from . import reference
+from . import _winograd, reference
 from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
 from ._args import input_shape as shape_argument
 from ._config import kernel
 from .conv import convolve_into
-from .im2col import col2im_stacked_into, im2col_into
+from .im2col import col2im_into, im2col_into
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 
@@ -108,6 +111,16 @@ def _check_grad_out(func, grad_out, expected):
                          f"output has shape {expected}")
 
 
+def _images_side_by_side(grad_out, buffer):
+    """grad_out (n, O, OH, OW) as (O, n*OH*OW) in ``buffer``: column ``m*OH*OW + s`` is
+    image m's pixel s, the column layout of :func:`fastconv.im2col`."""
+    n, o = grad_out.shape[:2]
+    ohw = grad_out.shape[2] * grad_out.shape[3]
+    grads = buffer[:o * n * ohw].reshape(o, n, ohw)
+    grads[...] = grad_out.reshape(n, o, ohw).transpose(1, 0, 2)
+    return grads.reshape(o, n * ohw)
+
+
 def _chunk(n, bytes_per_image):
     return max(1, min(n, _CHUNK_BYTES // max(bytes_per_image, 1)))
 
@@ -169,16 +182,17 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
         return dx
     rows, ohw = c * g.kh * g.kw, g.oh * g.ow
     rg, og = rows // groups, o // groups
-    w_t = w.reshape(groups, og, rg).transpose(0, 2, 1)  # (groups, Rg, Og)
-    go3 = go.reshape(n, o, ohw)
-    chunk = _chunk(n, rows * ohw * dx.itemsize)
-    cols = np.empty((chunk, rows, ohw), dtype)
+    w3 = w.reshape(groups, og, rg)
+    chunk = _chunk(n, (rows + o) * ohw * dx.itemsize)
+    cols_buffer = np.empty(rows * chunk * ohw, dtype)
+    grad_buffer = np.empty(o * chunk * ohw, dtype)
     for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        buf = cols[:stop - start]
-        for k in range(groups):
-            np.matmul(w_t[k], go3[start:stop, k * og:(k + 1) * og], out=buf[:, k * rg:(k + 1) * rg])
-        col2im_stacked_into(buf, geom, dx[start:stop])
+        images = min(n, start + chunk) - start
+        grads = _images_side_by_side(go[start:start + images], grad_buffer)
+        cols = cols_buffer[:rows * images * ohw].reshape(rows, images * ohw)
+        for k in range(groups):  # colsᵀ = gradsᵀ · W_k: (P, Og) @ (Og, Rg), P = images*OH*OW
+            np.matmul(grads[k * og:(k + 1) * og].T, w3[k], out=cols[k * rg:(k + 1) * rg].T)
+        col2im_into(cols, geom, dx[start:start + images])
     return dx
 
 
@@ -230,6 +244,9 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     if shape[1] == 1 or macs < _DIRECT_MACS:
         _grad_weight_direct(x, go, dW, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
         return dW
+    if groups == 1 and (g.kh, g.kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
+            and _winograd.grad_weight_worthwhile(n, c, o, g.oh, g.ow):
+        return _winograd.grad_weight_3x3(x, go, g, dW)
     rows, ohw = c * g.kh * g.kw, g.oh * g.ow
     rg, og = rows // groups, o // groups
     dW3 = dW.reshape(groups, og, rg)
@@ -240,9 +257,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
         images = min(n, start + chunk) - start
         cols = im2col_into(x[start:start + images], geom,
                            cols_buffer[:rows * images * ohw].reshape(rows, images * ohw))
-        grads = grad_buffer[:o * images * ohw].reshape(o, images, ohw)
-        grads[...] = go[start:start + images].reshape(images, o, ohw).transpose(1, 0, 2)
-        grads = grads.reshape(o, images * ohw)
+        grads = _images_side_by_side(go[start:start + images], grad_buffer)
         for k in range(groups):  # (Rg, K) @ (K, Og) ran 1.25x faster here than (Og, K) @ (K, Rg)
             dW3[k] += (cols[k * rg:(k + 1) * rg] @ grads[k * og:(k + 1) * og].T).T
     return dW
