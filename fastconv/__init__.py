@@ -1,5 +1,6 @@
 """fastconv: Numba CPU kernels for the einsum operations of from-scratch deep
 learning, each beside its NumPy einsum reference in :mod:`fastconv.reference`."""
+from . import _config  # noqa: F401 - thread-pool settings, before numpy loads OpenBLAS
 from . import reference
 from .hadamard import batch_outer_hadamard
 from .dense import linear, linear_backward, softmax, softmax_backward

@@ -1,8 +1,12 @@
 """Numba options and thread-pool policy, decided once for the whole package.
 
-* Worker threads of numba's OpenMP pool sleep instead of spinning once a kernel
-  ends (``OMP_WAIT_POLICY=PASSIVE``), so a following OpenBLAS call gets the cores;
-  set before libgomp loads, and only when the user has not chosen a policy.
+* The two thread pools stop spinning once their work ends, so that each gets the
+  cores right after the other: numba's OpenMP workers sleep (``OMP_WAIT_POLICY=
+  PASSIVE``; spinning slowed a following OpenBLAS GEMM up to 10x) and OpenBLAS's
+  workers sleep after 2**12 cycles (``OPENBLAS_THREAD_TIMEOUT=12``; their default
+  ~0.1 s of spinning slowed the Winograd transforms after each GEMM 1.2-1.5x).
+  Both are defaults for variables the user has not set, and OpenBLAS reads its
+  variable only when numpy loads: importing fastconv first makes it count.
 * Every kernel is compiled with ``cache=True`` (a second process loads it from
   disk); where no cache directory is writable, kernels compile in memory instead.
 * Every loop nest is compiled twice, serial and parallel, lazily: small work runs
@@ -16,6 +20,7 @@ import types
 from contextlib import nullcontext
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 import numba  # noqa: E402
 

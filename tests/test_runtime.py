@@ -96,3 +96,11 @@ def test_public_names_match_the_reference():
     for name in fc.__all__:
         if name != "reference" and callable(getattr(fc, name)) and not isinstance(getattr(fc, name), type):
             assert hasattr(fc.reference, name), f"fastconv.reference lacks {name}"
+
+
+def test_thread_pool_settings_are_defaults_the_user_can_override():
+    code = "import os, fastconv; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean)
+    assert result.stdout.split() == ["PASSIVE", "12"], result.stderr
+    assert run_python(code, OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="7").split() == ["ACTIVE", "7"]
