@@ -86,10 +86,19 @@ def _jobs(rng, dtype, quick):
             args = tuple(rng.standard_normal(s).astype(dtype) for s in [(n, i), (i, o), (o,)])
             methods = {"numpy": lambda x=args[0], w=args[1], b=args[2]: x @ w + b}
             yield "linear", name, args, {}, methods
+            grad_out = rng.standard_normal((n, o)).astype(dtype)
+            methods = {"numpy": lambda x=args[0], w=args[1], g=grad_out: (g @ w.T, x.T @ g, g.sum(0))}
+            yield "linear_backward", name, (args[0], args[1], grad_out), {}, methods
 
     if hasattr(fc, "softmax_backward"):
         for name, shape in pick(W.SOFTMAX).items():
-            s = fc.softmax(rng.standard_normal(shape).astype(dtype))
+            x = rng.standard_normal(shape).astype(dtype)
+            methods = {"numpy": lambda x=x: (lambda e: e / e.sum(-1, keepdims=True))(
+                np.exp(x - x.max(-1, keepdims=True)))}
+            if torch:
+                methods["torch"] = lambda x=T(x): torch.softmax(x, -1)
+            yield "softmax", name, (x,), {}, methods
+            s = fc.softmax(x)
             g = rng.standard_normal(shape).astype(dtype)
             methods = {"numpy_closed_form": lambda s=s, g=g: s * (g - (s * g).sum(-1, keepdims=True))}
             yield "softmax_backward", name, (s, g), {}, methods
@@ -140,7 +149,8 @@ def _format_time(seconds):
 
 
 def run(dtypes, quick, budget, log=sys.stderr):
-    rows = []
+    """Time every job; one dict per (operation, workload, dtype)."""
+    results = []
     rng = np.random.default_rng(0)
     jobs = [(dtype, *job) for dtype in dtypes for job in _jobs(rng, dtype, quick)]
     for number, (dtype, op, name, args, kw, peers) in enumerate(jobs, 1):
@@ -151,20 +161,40 @@ def run(dtypes, quick, budget, log=sys.stderr):
         else:
             ref_args, scale = args, 1.0
         ref_time, expected = _best_time(lambda: _reference(op)(*ref_args, **kw), budget)
-        ref_time *= scale
         fast_time, result = _best_time(lambda: _fast(op)(*args, **kw), budget)
         if scale != 1.0:
-            agrees = _agrees(_fast(op)(*ref_args, **kw), expected)
-        else:
-            agrees = _agrees(result, expected)
-        label = f"reference{' (scaled)' if scale != 1.0 else ''}"
-        rows.append((op, name, np.dtype(dtype).name, label, ref_time, 1.0, "-"))
-        rows.append((op, name, np.dtype(dtype).name, "fastconv", fast_time, ref_time / fast_time,
-                     "yes" if agrees else "NO"))
-        for peer, call in peers.items():
-            peer_time, _ = _best_time(call, budget)
-            rows.append((op, name, np.dtype(dtype).name, peer, peer_time, ref_time / peer_time, "-"))
-    return rows
+            result = _fast(op)(*ref_args, **kw)
+        results.append(dict(
+            op=op, workload=name, dtype=np.dtype(dtype).name, reference=ref_time * scale,
+            scaled=scale != 1.0, fastconv=fast_time, agrees=_agrees(result, expected),
+            peers={peer: _best_time(call, budget)[0] for peer, call in peers.items()},
+        ))
+    return results
+
+
+def _print_rows(results):
+    print(f"{'operation':<22} {'workload':<15} {'dtype':<8} {'method':<20} {'time':>10} "
+          f"{'speed-up':>9} {'agrees':>6}")
+    for r in results:
+        rows = [("reference (scaled)" if r["scaled"] else "reference", r["reference"], "-"),
+                ("fastconv", r["fastconv"], "yes" if r["agrees"] else "NO"),
+                *((peer, seconds, "-") for peer, seconds in r["peers"].items())]
+        for method, seconds, agrees in rows:
+            print(f"{r['op']:<22} {r['workload']:<15} {r['dtype']:<8} {method:<20} "
+                  f"{_format_time(seconds):>10} {r['reference'] / seconds:>8.2f}x {agrees:>6}")
+
+
+def _print_markdown(results):
+    """One row per job; peers as 'time (fastconv's speed-up over them)'."""
+    print("| operation | workload | dtype | einsum reference | fastconv | speed-up | peers | agrees |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        peers = "; ".join(f"{peer} {_format_time(seconds).strip()} ({seconds / r['fastconv']:.2f}x)"
+                          for peer, seconds in r["peers"].items()) or "-"
+        reference = _format_time(r["reference"]).strip() + (" (scaled)" if r["scaled"] else "")
+        print(f"| {r['op']} | {r['workload']} | {r['dtype']} | {reference} | "
+              f"{_format_time(r['fastconv']).strip()} | {r['reference'] / r['fastconv']:.1f}x | "
+              f"{peers} | {'yes' if r['agrees'] else 'NO'} |")
 
 
 def main(argv=None):
@@ -181,20 +211,9 @@ def main(argv=None):
         if torch:
             torch.set_num_threads(args.threads)
     dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
-    rows = run(dtypes, args.quick, budget=0.2 if args.quick else 1.0)
-    header = ("operation", "workload", "dtype", "method", "time", "speed-up", "agrees")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for op, name, dtype, method, seconds, speedup, agrees in rows:
-            print(f"| {op} | {name} | {dtype} | {method} | {_format_time(seconds).strip()} "
-                  f"| {speedup:.2f}x | {agrees} |")
-    else:
-        print(f"{header[0]:<22} {header[1]:<15} {header[2]:<8} {header[3]:<20} {header[4]:>10} "
-              f"{header[5]:>9} {header[6]:>6}")
-        for op, name, dtype, method, seconds, speedup, agrees in rows:
-            print(f"{op:<22} {name:<15} {dtype:<8} {method:<20} {_format_time(seconds):>10} "
-                  f"{speedup:>8.2f}x {agrees:>6}")
-    if any(row[-1] == "NO" for row in rows):
+    results = run(dtypes, args.quick, budget=0.2 if args.quick else 1.0)
+    (_print_markdown if args.markdown else _print_rows)(results)
+    if not all(r["agrees"] for r in results):
         print("fastconv disagrees with its reference on the rows marked NO", file=sys.stderr)
         return 1
     return 0
