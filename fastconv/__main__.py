@@ -117,15 +117,20 @@ def _reference(op):
 _REFERENCE_ROWS = {"softmax_backward": 64}
 
 
-def _best_time(run, budget):
-    """Best wall time of repeated calls within ``budget`` seconds (at least 2 calls)."""
-    times, spent = [], 0.0
-    while len(times) < 2 or (spent < budget and len(times) < 50):
+def _median_time(run, budget):
+    """Median wall time of repeated calls within ``budget`` seconds, after a warm-up
+    call (which alone counts when it already takes longer than the budget)."""
+    start = time.perf_counter()
+    result = run()
+    first = time.perf_counter() - start
+    if first > budget:
+        return first, result
+    times = []
+    while len(times) < 3 or (sum(times) < budget and len(times) < 50):
         start = time.perf_counter()
-        result = run()
+        run()
         times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return min(times), result
+    return float(np.median(times)), result
 
 
 def _agrees(result, expected):
@@ -149,7 +154,7 @@ def _format_time(seconds):
 
 
 def run(dtypes, quick, budget, log=sys.stderr):
-    """Time every job; one dict per (operation, workload, dtype)."""
+    """Time every job (medians); one dict per (operation, workload, dtype)."""
     results = []
     rng = np.random.default_rng(0)
     jobs = [(dtype, *job) for dtype in dtypes for job in _jobs(rng, dtype, quick)]
@@ -160,14 +165,14 @@ def run(dtypes, quick, budget, log=sys.stderr):
             ref_args, scale = tuple(a[:rows_limit] for a in args), len(args[0]) / rows_limit
         else:
             ref_args, scale = args, 1.0
-        ref_time, expected = _best_time(lambda: _reference(op)(*ref_args, **kw), budget)
-        fast_time, result = _best_time(lambda: _fast(op)(*args, **kw), budget)
+        ref_time, expected = _median_time(lambda: _reference(op)(*ref_args, **kw), budget)
+        fast_time, result = _median_time(lambda: _fast(op)(*args, **kw), budget)
         if scale != 1.0:
             result = _fast(op)(*ref_args, **kw)
         results.append(dict(
             op=op, workload=name, dtype=np.dtype(dtype).name, reference=ref_time * scale,
             scaled=scale != 1.0, fastconv=fast_time, agrees=_agrees(result, expected),
-            peers={peer: _best_time(call, budget)[0] for peer, call in peers.items()},
+            peers={peer: _median_time(call, budget)[0] for peer, call in peers.items()},
         ))
     return results
 
