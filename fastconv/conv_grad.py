@@ -121,8 +121,20 @@ def _images_side_by_side(grad_out, buffer):
     return grads.reshape(o, n * ohw)
 
 
-def _chunk(n, bytes_per_image):
-    return max(1, min(n, _CHUNK_BYTES // max(bytes_per_image, 1)))
+def _image_chunks(grad_out, rows):
+    """Chunks of images whose columns and side-by-side gradients fit _CHUNK_BYTES:
+    yields ``(images, cols, grads)`` with ``images`` a slice of the batch, ``cols``
+    an empty (rows, n*OH*OW) view and ``grads`` the chunk's grad_out as (O, n*OH*OW)."""
+    n, o = grad_out.shape[:2]
+    ohw = grad_out.shape[2] * grad_out.shape[3]
+    chunk = max(1, min(n, _CHUNK_BYTES // max((rows + o) * ohw * grad_out.itemsize, 1)))
+    cols_buffer = np.empty(rows * chunk * ohw, grad_out.dtype)
+    grad_buffer = np.empty(o * chunk * ohw, grad_out.dtype)
+    for start in range(0, n, chunk):
+        images = slice(start, min(n, start + chunk))
+        width = (images.stop - start) * ohw
+        yield (images, cols_buffer[:rows * width].reshape(rows, width),
+               _images_side_by_side(grad_out[images], grad_buffer))
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
@@ -180,19 +192,13 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
     if w.shape[1] == 1 or macs < _DIRECT_MACS:
         _grad_input_direct(go, w, dx, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
         return dx
-    rows, ohw = c * g.kh * g.kw, g.oh * g.ow
+    rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
     w3 = w.reshape(groups, og, rg)
-    chunk = _chunk(n, (rows + o) * ohw * dx.itemsize)
-    cols_buffer = np.empty(rows * chunk * ohw, dtype)
-    grad_buffer = np.empty(o * chunk * ohw, dtype)
-    for start in range(0, n, chunk):
-        images = min(n, start + chunk) - start
-        grads = _images_side_by_side(go[start:start + images], grad_buffer)
-        cols = cols_buffer[:rows * images * ohw].reshape(rows, images * ohw)
+    for images, cols, grads in _image_chunks(go, rows):
         for k in range(groups):  # colsᵀ = gradsᵀ · W_k: (P, Og) @ (Og, Rg), P = images*OH*OW
             np.matmul(grads[k * og:(k + 1) * og].T, w3[k], out=cols[k * rg:(k + 1) * rg].T)
-        col2im_into(cols, geom, dx[start:start + images])
+        col2im_into(cols, geom, dx[images])
     return dx
 
 
@@ -247,17 +253,11 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     if groups == 1 and (g.kh, g.kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
             and _winograd.grad_weight_worthwhile(n, c, o, g.oh, g.ow):
         return _winograd.grad_weight_3x3(x, go, g, dW)
-    rows, ohw = c * g.kh * g.kw, g.oh * g.ow
+    rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
     dW3 = dW.reshape(groups, og, rg)
-    chunk = _chunk(n, (rows + o) * ohw * dW.itemsize)
-    cols_buffer = np.empty(rows * chunk * ohw, dtype)
-    grad_buffer = np.empty(o * chunk * ohw, dtype)
-    for start in range(0, n, chunk):
-        images = min(n, start + chunk) - start
-        cols = im2col_into(x[start:start + images], geom,
-                           cols_buffer[:rows * images * ohw].reshape(rows, images * ohw))
-        grads = _images_side_by_side(go[start:start + images], grad_buffer)
+    for images, cols, grads in _image_chunks(go, rows):
+        im2col_into(x[images], geom, cols)
         for k in range(groups):  # (Rg, K) @ (K, Og) ran 1.25x faster here than (Og, K) @ (K, Rg)
             dW3[k] += (cols[k * rg:(k + 1) * rg] @ grads[k * og:(k + 1) * og].T).T
     return dW
