@@ -69,22 +69,15 @@ def test_without_bias(variant, rng):
     assert_matches(out, expected)
 
 
+@pytest.mark.parametrize("run", [_run, _run_grad_weight], ids=["forward", "grad_weight"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_chunks_of_images_and_tile_rows(variant, monkeypatch, rng):
-    """Chunks of a few images, and bands of tile rows within one image."""
+def test_chunks_of_images_and_tile_rows(variant, run, monkeypatch, rng):
+    """Chunks of a few images, and bands of tile rows within one image (the weight
+    gradient sums dU over them)."""
     for budget in (1, 20_000, 200_000):
         monkeypatch.setattr(_winograd, "CHUNK_BYTES", budget)
-        out, expected = _run(((3, 8, 23, 10), 6, 1), np.float64, VARIANTS[variant], rng)
-        assert_matches(out, expected)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_grad_weight_sums_over_chunks(variant, monkeypatch, rng):
-    """dU summed over chunks of images and over bands of tile rows."""
-    for budget in (1, 20_000, 200_000):
-        monkeypatch.setattr(_winograd, "CHUNK_BYTES", budget)
-        dw, expected = _run_grad_weight(((3, 8, 23, 10), 6, 1), np.float64, VARIANTS[variant], rng)
-        assert_matches(dw, expected)
+        result, expected = run(((3, 8, 23, 10), 6, 1), np.float64, VARIANTS[variant], rng)
+        assert_matches(result, expected)
 
 
 @pytest.mark.parametrize("data", ["normal", "uniform"])
