@@ -307,7 +307,7 @@ def grad_weight_worthwhile(n, c, o, oh, ow):
     return min(c, o) >= 16 and _tiles(n, oh, ow, 2) >= 16
 
 
-def choose(dtype, n, c, o, oh, ow):
+def choose(n, c, o, oh, ow):
     """F(4x4,3x3) where it saves enough work over F(2x2,3x3), else F(2x2,3x3).
 
     F4's transforms cost more per element and its edge tiles waste more (14x14
@@ -342,7 +342,7 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     n, c = x.shape[:2]
     o = w.shape[0]
     if variant is None:
-        variant = choose(out.dtype, n, c, o, geom.oh, geom.ow)
+        variant = choose(n, c, o, geom.oh, geom.ow)
     m, alpha = variant.m, variant.alpha
     dtype = out.dtype
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
@@ -378,7 +378,7 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     o = grad_out.shape[1]
     dtype = dw.dtype
     if variant is None:
-        variant = choose(dtype, n, c, o, geom.oh, geom.ow)
+        variant = choose(n, c, o, geom.oh, geom.ow)
     m, alpha = variant.m, variant.alpha
     xi = alpha * alpha
     th, tw = -(-geom.oh // m), -(-geom.ow // m)

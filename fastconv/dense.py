@@ -73,23 +73,15 @@ def _max_ignoring_nan(typingctx, a, b):
     return a(a, b), codegen
 
 
-@intrinsic
-def _bits_as_float(typingctx, bits):
-    """Reinterpret int32 bits as float32, int64 bits as float64."""
-    result = {types.int32: types.float32, types.int64: types.float64}.get(bits)
-    if result is None:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(result))
-
-    return result(bits), codegen
+#: Types of the same width: an int's bits read as a float, and back.
+_SAME_BITS = {types.int32: types.float32, types.int64: types.float64,
+              types.float32: types.int32, types.float64: types.int64}
 
 
 @intrinsic
-def _float_as_bits(typingctx, value):
-    """Reinterpret float32 as int32 bits, float64 as int64 bits."""
-    result = {types.float32: types.int32, types.float64: types.int64}.get(value)
+def _reinterpret(typingctx, value):
+    """The bits of an int32/int64 as float32/float64, and of a float as an int."""
+    result = _SAME_BITS.get(value)
     if result is None:
         return None
 
@@ -127,7 +119,7 @@ def _exp_nonpositive_impl(x):
             p = p * r + np.float32(1.6666665459e-1)
             p = p * r + np.float32(5.0000001201e-1)
             y = p * (r * r) + r + np.float32(1.0)
-            scale = _bits_as_float(np.int32(_float_as_bits(t) << np.int32(23)))
+            scale = _reinterpret(np.int32(_reinterpret(t) << np.int32(23)))
             return np.float32(0.0) if x < low else y * scale
         return exp32
     if x == types.float64:
@@ -143,7 +135,7 @@ def _exp_nonpositive_impl(x):
             q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
                  + 2.27265548208155028766e-1) * rr + 2.0
             y = 1.0 + 2.0 * (p / (q - p))
-            scale = _bits_as_float(_float_as_bits(t) << 52)
+            scale = _reinterpret(_reinterpret(t) << 52)
             return 0.0 if x < low else y * scale
         return exp64
     return None
