@@ -1,9 +1,9 @@
 """im2col / col2im: sliding windows of an NCHW batch as GEMM-ready columns, and
 the adjoint that scatter-adds columns back into images.
 
-Two column layouts share one pair of kernels (the row of a column block is
+Two column layouts share the im2col kernel (the row of a column block is
 ``row_index = r * row_stride + n * image_stride`` in a 2-D ``(rows, OH*OW)``
-array):
+array); col2im, its adjoint, reads the public one:
 
 * the public layout ``(C*KH*KW, N*OH*OW)`` (``row_stride = N``, ``image_stride = 1``),
   and
@@ -11,7 +11,7 @@ array):
   ``image_stride = C*KH*KW`` or more), which is what a per-image GEMM against
   ``W.reshape(O, -1)`` wants: it writes NCHW directly, no transpose pass.
 
-``im2col_into`` / ``col2im_into`` and their ``_stacked`` forms are package-internal
+``im2col_into`` / ``col2im_into`` and ``im2col_stacked_into`` are package-internal
 building blocks (conv2d and its gradients): they take validated C-contiguous arrays
 and a :class:`fastconv._args.Geometry` and trust them.
 """
@@ -161,16 +161,6 @@ def col2im_into(cols, geom, out):
     rows = c * geom.kh * geom.kw
     if out.size:
         _col2im(cols.reshape(rows * n, geom.oh * geom.ow), out, n, 1, *_window(geom),
-                work=max(out.size, cols.size))
-    return out
-
-
-def col2im_stacked_into(cols, geom, out):
-    """Adjoint of :func:`im2col_stacked_into`: ``cols`` (N, R, OH*OW), rows ``:C*KH*KW`` used."""
-    n = out.shape[0]
-    stride = cols.shape[1]
-    if out.size:
-        _col2im(cols.reshape(n * stride, geom.oh * geom.ow), out, 1, stride, *_window(geom),
                 work=max(out.size, cols.size))
     return out
 
