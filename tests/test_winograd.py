@@ -47,20 +47,13 @@ def _run(case, dtype, variant, rng, bias=True):
     return out, reference.conv2d(x, w, b if bias else None, padding=padding)
 
 
+@pytest.mark.parametrize("run", [_run, _run_grad_weight], ids=["forward", "grad_weight"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", CASES)
-def test_matches_reference(name, variant, dtype, rng):
-    out, expected = _run(CASES[name], dtype, VARIANTS[variant], rng)
-    assert_matches(out, expected)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("name", CASES)
-def test_grad_weight_matches_reference(name, variant, dtype, rng):
-    dw, expected = _run_grad_weight(CASES[name], dtype, VARIANTS[variant], rng)
-    assert_matches(dw, expected)
+def test_matches_reference(name, variant, dtype, run, rng):
+    result, expected = run(CASES[name], dtype, VARIANTS[variant], rng)
+    assert_matches(result, expected)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
