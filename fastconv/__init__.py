@@ -1,14 +1,15 @@
 """fastconv: Numba CPU kernels for the einsum operations of from-scratch deep
 learning, each beside its NumPy einsum reference in :mod:`fastconv.reference`."""
-from . import _config  # noqa: F401 - thread-pool settings, before numpy loads OpenBLAS
-from . import reference
-from .hadamard import batch_outer_hadamard
-from .dense import linear, linear_backward, softmax, softmax_backward
-from .im2col import im2col, col2im
+# _config comes first: it sets the thread pools' variables before numpy loads OpenBLAS.
+from . import _config, layers, reference  # noqa: F401 - _config is imported for its settings
+from .activations import softmax, softmax_backward
 from .conv import conv2d
-from .conv_grad import conv2d_grad_input, conv2d_grad_weight, conv2d_grad_bias
+from .conv_grad import conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight
+from .fully_connected import linear, linear_backward
+from .hadamard import batch_outer_hadamard
+from .im2col import col2im, im2col
 
 __all__ = ["batch_outer_hadamard", "im2col", "col2im", "conv2d",
-           "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "reference",
-           "linear", "linear_backward", "softmax", "softmax_backward"]
+           "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+           "linear", "linear_backward", "softmax", "softmax_backward", "reference", "layers"]
 __version__ = "0.1.0"

@@ -1,6 +1,8 @@
 """The one table of test cases per operation, shared by the op tests, the
 property tests' regression block and the gradient tests."""
-from fastconv._workloads import HADAMARD
+import numpy as np
+
+from fastconv._workloads import HADAMARD, LINEAR, SOFTMAX
 
 # (na, nb, *S): the seed shapes, odd sizes, 1-element axes, trailing rank 0-3,
 # and few rows with long rows (the path that splits rows into blocks).
@@ -62,3 +64,69 @@ CONV2D_CASES = {
     "empty_out_channels": ((2, 4, 5, 5), (0, 4, 3, 3), 1, 1, 1, 1),
     "empty_in_channels": ((2, 0, 5, 5), (3, 0, 3, 3), 1, 1, 1, 1),
 }
+
+#: linear: (N, I, O); N=None is a 1-D x of shape (I,).
+LINEAR_CASES = [
+    *[shape for name, shape in LINEAR.items() if name != "classifier"],
+    (None, 64, 32), (1, 1, 1), (7, 13, 5), (3, 17, 1), (2, 1, 11),
+    (0, 5, 3), (3, 0, 4), (4, 3, 0), (None, 3, 0),
+]
+
+#: softmax: (shape, axis). The named workloads, odd and 1-sized axes, every axis of
+#: 3-D inputs; the three paths: axis last (row kernels), few trailing elements
+#: (moved last), many (strided kernels, one above the kernel's block); empty sizes.
+SOFTMAX_CASES = [
+    *[(shape, -1) for name, shape in SOFTMAX.items() if name != "imagenet_batch"],
+    ((64, 1000), -1), ((4, 5), 0), ((5,), 0), ((1, 1), -1), ((1, 1), 0), ((7, 13), 1),
+    ((13, 7), 0), ((3, 5, 7), 0), ((3, 5, 7), 1), ((3, 5, 7), 2), ((3, 5, 7), -2),
+    ((2, 3, 700), 1), ((5, 70), 0), ((2, 1, 3, 4), 2),
+    ((0, 5), -1), ((0, 5), 0), ((4, 0), -1), ((2, 0, 3), 1),
+]
+
+#: conv2d configurations held against torch: (x shape, weight shape, stride, padding,
+#: dilation, groups); 'same' with even kernels, pairs, dilation, groups.
+TORCH_CONFIGS = [
+    ((2, 4, 9, 8), (6, 2, 3, 3), 1, "same", 1, 2),
+    ((1, 3, 7, 10), (4, 3, 4, 2), 1, "same", (2, 1), 1),
+    ((2, 6, 11, 9), (6, 1, 3, 5), (2, 1), (1, 2), (1, 2), 6),
+    ((3, 8, 12, 12), (16, 8, 3, 3), 1, 1, 1, 1),
+    ((2, 3, 15, 13), (8, 3, 7, 7), 2, 3, 1, 1),
+    ((1, 4, 6, 6), (2, 4, 6, 6), 1, "valid", 1, 1),
+]
+
+#: NaN/Inf placement on every kernel path of conv2d and its gradients: name ->
+#: (x shape, weight shape, stride, padding, groups). The comments name the
+#: conv2d path; the gradients run on the same shapes.
+NONFINITE_CASES = {
+    "small": ((2, 4, 6, 6), (5, 4, 3, 3), 1, 1, 1),                 # one serial call
+    "depthwise": ((2, 16, 48, 45), (16, 1, 3, 3), 1, 1, 16),         # direct, groups == C
+    "pointwise_1x1": ((2, 128, 7, 9), (64, 128, 1, 1), 1, 0, 1),    # one batched GEMM
+    "whole_window": ((64, 64, 3, 3), (8, 64, 3, 3), 1, 0, 1),       # x.reshape(N, -1) @ W.T
+    "winograd_3x3": ((2, 64, 20, 20), (64, 64, 3, 3), 1, 1, 1),     # Winograd F(2x2,3x3)
+    "winograd_3x3_large": ((2, 64, 32, 32), (64, 64, 3, 3), 1, 1, 1),  # Winograd F(4x4,3x3)
+    "gemm_5x5_s2": ((2, 16, 20, 20), (32, 16, 5, 5), 2, 2, 1),      # im2col + GEMM, merged
+    "gemm_grouped": ((2, 32, 20, 19), (32, 8, 3, 3), 2, 1, 4),      # im2col + GEMM per group
+    "gemm_wide_plane": ((1, 3, 131, 130), (8, 3, 5, 5), 2, 2, 1),   # im2col + GEMM, stacked
+}
+
+
+def every_operation(rng, dtype=np.float32):
+    """One small call of every public operation: name -> (args, kwargs), the same
+    for ``fastconv`` and ``fastconv.reference``."""
+    def a(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    window = dict(stride=1, padding=1)
+    return {
+        "batch_outer_hadamard": ((a(2, 3, 4), a(3, 3, 4)), {}),
+        "im2col": ((a(2, 3, 5, 5), 3), window),
+        "col2im": ((a(27, 50), (2, 3, 5, 5), 3), window),
+        "conv2d": ((a(2, 3, 5, 5), a(4, 3, 3, 3), a(4)), window),
+        "conv2d_grad_input": ((a(2, 4, 5, 5), a(4, 3, 3, 3), (2, 3, 5, 5)), window),
+        "conv2d_grad_weight": ((a(2, 3, 5, 5), a(2, 4, 5, 5), (4, 3, 3, 3)), window),
+        "conv2d_grad_bias": ((a(2, 4, 5, 5),), {}),
+        "linear": ((a(2, 3), a(3, 4), a(4)), {}),
+        "linear_backward": ((a(2, 3), a(3, 4), a(2, 4)), {}),
+        "softmax": ((a(3, 5, 4),), dict(axis=1)),
+        "softmax_backward": ((a(3, 5), a(3, 5)), {}),
+    }

@@ -5,6 +5,9 @@ import pytest
 #: Relative tolerance per dtype, relative to the largest magnitude of the result
 #: (summation order differs between kernels and references).
 RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+#: The scale below which tolerances stop shrinking, a Python float: a NumPy float32
+#: scalar here would make ``rtol * FLOOR`` a float32 and round 1e-10 * FLOOR to 0.
+FLOOR = float(np.finfo(np.float32).tiny)
 DTYPES = [np.float32, np.float64]
 
 
@@ -17,7 +20,7 @@ def assert_matches(actual, expected, rtol=None):
         rtol = RTOL.get(expected.dtype, 0.0)
     scale = float(np.abs(expected).max(initial=0.0))
     error = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max(initial=0.0))
-    assert error <= rtol * max(scale, np.finfo(np.float32).tiny), (
+    assert error <= rtol * max(scale, FLOOR), (
         f"max error {error:.3g} > {rtol:g} * max|expected| {scale:.3g}"
     )
 

@@ -2,22 +2,14 @@
 kernels, pairs, dilation, groups), where torch is installed; skipped otherwise."""
 import numpy as np
 import pytest
-from conftest import assert_matches, random_array
 
 import fastconv as fc
 
+from cases import TORCH_CONFIGS as CONFIGS
+from conftest import assert_matches, random_array
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-# (x shape, weight shape, stride, padding, dilation, groups)
-CONFIGS = [
-    ((2, 4, 9, 8), (6, 2, 3, 3), 1, "same", 1, 2),
-    ((1, 3, 7, 10), (4, 3, 4, 2), 1, "same", (2, 1), 1),
-    ((2, 6, 11, 9), (6, 1, 3, 5), (2, 1), (1, 2), (1, 2), 6),
-    ((3, 8, 12, 12), (16, 8, 3, 3), 1, 1, 1, 1),
-    ((2, 3, 15, 13), (8, 3, 7, 7), 2, 3, 1, 1),
-    ((1, 4, 6, 6), (2, 4, 6, 6), 1, "valid", 1, 1),
-]
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")

@@ -1,0 +1,139 @@
+"""Scalar building blocks that keep the softmax kernels vectorized without fast-math
+(which would assume no NaN and break NaN propagation):
+
+* :func:`max_ignoring_nan` is ``llvm.maxnum``, a max reduction LLVM vectorizes.
+  It skips NaN, which is harmless in softmax: a NaN in a row reaches the row's sum
+  through ``exp(nan - max)`` and makes the whole row NaN, as in the reference.
+* :func:`add_reassoc` is an ``fadd`` carrying only the ``reassoc`` flag, so LLVM may
+  split a sum into vector lanes (a different summation order, nothing else).
+* :func:`exp_nonpositive` is a vectorizable ``exp`` for arguments ``<= 0`` (plus NaN
+  and -inf): Cephes' range reduction and polynomial with ``2**n`` built from the
+  exponent bits; numba's ``math.exp`` is a scalar libm call (no SVML).
+
+Each is also a plain Python function with the same result, which is what runs
+under ``NUMBA_DISABLE_JIT=1``.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import config, types
+from numba.extending import intrinsic, overload
+
+__all__ = ["add_reassoc", "max_ignoring_nan", "exp_nonpositive"]
+
+_FLOATS = (types.float32, types.float64)
+
+
+@intrinsic
+def _add_reassoc(typingctx, a, b):
+    if a != b or a not in _FLOATS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        instruction = builder.fadd(args[0], args[1])
+        instruction.flags.append("reassoc")
+        return instruction
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _max_ignoring_nan(typingctx, a, b):
+    if a != b or a not in _FLOATS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        function = builder.module.declare_intrinsic("llvm.maxnum", [t], ir.FunctionType(t, [t, t]))
+        return builder.call(function, args)
+
+    return a(a, b), codegen
+
+
+def _add_python(a, b):
+    """``a + b`` that LLVM may reassociate (vectorizes a sum; keeps NaN and inf)."""
+    return a + b
+
+
+def _max_python(a, b):
+    """The larger of ``a`` and ``b``; a NaN operand is ignored (``llvm.maxnum``)."""
+    if a != a:
+        return b
+    if b != b:
+        return a
+    return a if a >= b else b
+
+
+if config.DISABLE_JIT:
+    add_reassoc, max_ignoring_nan = _add_python, _max_python
+else:
+    add_reassoc, max_ignoring_nan = _add_reassoc, _max_ignoring_nan
+
+
+#: Types of the same width: an int's bits read as a float, and back.
+_SAME_BITS = {types.int32: types.float32, types.int64: types.float64,
+              types.float32: types.int32, types.float64: types.int64}
+
+
+@intrinsic
+def _reinterpret(typingctx, value):
+    """The bits of an int32/int64 as float32/float64, and of a float as an int."""
+    result = _SAME_BITS.get(value)
+    if result is None:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(result))
+
+    return result(value), codegen
+
+
+def exp_nonpositive(x):
+    """``exp(x)`` for ``x <= 0``, NaN and -inf, in ``x``'s float type."""
+    return np.exp(x)
+
+
+# exp(x) = 2**n * exp(r), n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts, Cephes).
+# Adding 1.5 * 2**mantissa_bits + bias rounds x / ln 2 to an integer held in the low
+# mantissa bits, already biased: shifted into the exponent field it is 2**n. Below
+# ``low`` the result is 0 (the true value is below the smallest normal number);
+# ``clamped`` maps NaN and -inf to ``low`` so that the integer part stays defined
+# while ``r`` (from ``x`` itself) carries the NaN through.
+# Not cached on its own (a cache=True overload fails where no cache directory is
+# writable): it is compiled into, and cached with, the kernels that call it.
+
+@overload(exp_nonpositive)
+def _exp_nonpositive_impl(x):
+    if x == types.float32:
+        def exp32(x):  # Cephes expf polynomial: ~1 ulp on [-87, 0]
+            low, shift = np.float32(-87.0), np.float32(12582912.0 + 127.0)
+            clamped = x if x > low else low
+            t = clamped * np.float32(1.44269504088896341) + shift
+            n = t - shift
+            r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            y = p * (r * r) + r + np.float32(1.0)
+            scale = _reinterpret(np.int32(_reinterpret(t) << np.int32(23)))
+            return np.float32(0.0) if x < low else y * scale
+        return exp32
+    if x == types.float64:
+        def exp64(x):  # Cephes exp (Pade form): ~1 ulp on [-708, 0]
+            low, shift = -708.0, 6755399441055744.0 + 1023.0
+            clamped = x if x > low else low
+            t = clamped * 1.4426950408889634074 + shift
+            n = t - shift
+            r = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6
+            rr = r * r
+            p = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
+                     + 9.99999999999999999910e-1)
+            q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+                 + 2.27265548208155028766e-1) * rr + 2.0
+            y = 1.0 + 2.0 * (p / (q - p))
+            scale = _reinterpret(_reinterpret(t) << 52)
+            return 0.0 if x < low else y * scale
+        return exp64
+    return None
