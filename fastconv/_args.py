@@ -3,22 +3,29 @@
 Kernels trust their callers: every check lives here and runs before a kernel.
 Messages name the function, the argument and the shapes involved.
 """
+import math
 import operator
 from typing import NamedTuple
 
 import numpy as np
 
 KERNEL_TYPES = (np.float32, np.float64)
+#: Window sizes (padded extents, and with them kernel, padding, dilation, stride and
+#: output size) are kept below this bound so that the kernels' int64 index
+#: arithmetic (sums of a few such terms) cannot overflow.
+INDEX_LIMIT = 2**62
 
 
 def as_array(func, name, value):
-    """``value`` as an ndarray of a numeric dtype, else ``TypeError``."""
+    """``value`` as an ndarray of a numeric dtype in native byte order, else ``TypeError``."""
     array = np.asarray(value)
     if array.dtype.kind not in "biufc":
         raise TypeError(
             f"{func}: {name} has dtype {array.dtype}; expected a numeric array "
             f"(float32 and float64 run compiled kernels)"
         )
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     return array
 
 
@@ -33,15 +40,29 @@ def check_ndim(func, name, array, ndim, layout):
 
 
 def contiguous(array, dtype):
-    """C-contiguous copy in ``dtype``, or ``array`` itself when it already is one."""
-    return np.ascontiguousarray(array, dtype=dtype)
+    """C-contiguous copy in ``dtype`` (native byte order), or ``array`` itself when it
+    already is one."""
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def allocate(func, shape, dtype):
+    """``np.empty(shape, dtype)``, or a ``MemoryError`` naming ``func``, the shape and the bytes."""
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    try:
+        return np.empty(shape, dtype)
+    except (ValueError, MemoryError):  # ValueError: "Maximum allowed dimension exceeded"
+        size = math.prod(shape) * dtype.itemsize
+        raise MemoryError(
+            f"{func}: cannot allocate the result of shape {shape} and dtype {dtype} "
+            f"({size} bytes)"
+        ) from None
 
 
 def output(func, out, shape, dtype, inputs):
     """A new result array, or ``out`` once it is checked to fit the result exactly."""
     shape = tuple(shape)
     if out is None:
-        return np.empty(shape, dtype)
+        return allocate(func, shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{func}: out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
@@ -119,13 +140,25 @@ def geometry(func, input_hw, kernel_size, stride, padding, dilation):
         pt, pl = pair(func, "padding", padding, 0)
         pb, pr = pt, pl
     h, w = input_hw
-    if h + pt + pb < span_h or w + pl + pr < span_w:
+    padded_h, padded_w = h + pt + pb, w + pl + pr
+    if padded_h < span_h or padded_w < span_w:
         raise ValueError(
             f"{func}: kernel {kh}x{kw} with dilation ({dh}, {dw}) spans {span_h}x{span_w}, "
-            f"larger than the padded input {h + pt + pb}x{w + pl + pr} (input {h}x{w})"
+            f"larger than the padded input {padded_h}x{padded_w} (input {h}x{w})"
         )
-    oh = (h + pt + pb - span_h) // sh + 1
-    ow = (w + pl + pr - span_w) // sw + 1
+    if max(padded_h, padded_w) >= INDEX_LIMIT:
+        raise ValueError(
+            f"{func}: padding={padding!r} makes the padded input {padded_h}x{padded_w} "
+            f"(input {h}x{w}, kernel {kh}x{kw}, dilation ({dh}, {dw})), beyond 2**62 elements "
+            f"per axis, too large for 64-bit index arithmetic"
+        )
+    # Every remaining value is bounded by the padded extent: a stride beyond it gives
+    # one output along that axis, as does the extent itself; a 1-tap kernel never
+    # uses its dilation.
+    sh, sw = min(sh, padded_h), min(sw, padded_w)
+    dh, dw = (1 if kh == 1 else dh), (1 if kw == 1 else dw)
+    oh = (padded_h - span_h) // sh + 1
+    ow = (padded_w - span_w) // sw + 1
     return Geometry(kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, oh, ow)
 
 
@@ -140,6 +173,15 @@ def input_shape(func, name, value, ndim=4):
     return shape
 
 
+def _layout_hint(x_name, x_shape, channels):
+    """A hint when ``x_shape`` looks channels-last: its last axis has the channel count."""
+    if len(x_shape) != 4 or x_shape[-1] != channels or x_shape[1] == channels:
+        return ""
+    fix = "pass (N, C, H, W)" if x_name == "input_shape" else "transpose it with .transpose(0, 3, 1, 2)"
+    return (f"; {x_name} {tuple(x_shape)} looks channels-last (N, H, W, C), but fastconv "
+            f"expects NCHW (N, C, H, W): {fix}")
+
+
 def conv_groups(func, x_shape, weight_shape, groups, x_name="x"):
     """Check a convolution's channels: x ``(N, C, H, W)`` against weight
     ``(O, C // groups, KH, KW)`` and ``groups``; return ``groups`` as an int.
@@ -150,14 +192,15 @@ def conv_groups(func, x_shape, weight_shape, groups, x_name="x"):
     if groups < 1:
         raise ValueError(f"{func}: groups must be >= 1, got {groups}")
     c, (o, cg) = x_shape[1], weight_shape[:2]
+    hint = _layout_hint(x_name, x_shape, cg * groups)
     if c % groups:
-        raise ValueError(f"{func}: {x_name} has {c} channels, not divisible by groups={groups}")
+        raise ValueError(f"{func}: {x_name} has {c} channels, not divisible by groups={groups}{hint}")
     if o % groups:
         raise ValueError(f"{func}: weight has {o} output channels, not divisible by groups={groups}")
     if cg != c // groups:
         raise ValueError(
             f"{func}: weight has {cg} input channels per group but {x_name} has {c} channels "
-            f"(groups={groups})"
+            f"(groups={groups}){hint}"
         )
     if min(weight_shape[2:]) < 1:
         raise ValueError(f"{func}: weight has an empty kernel, shape {tuple(weight_shape)}")
@@ -167,7 +210,11 @@ def conv_groups(func, x_shape, weight_shape, groups, x_name="x"):
 def check_bias(func, bias, out_channels):
     """``bias`` must have shape ``(O,)``."""
     if bias.shape != (out_channels,):
+        hint = ""
+        if bias.ndim == 0:
+            hint = (f"; a scalar bias is usually a stride or padding passed by position: they "
+                    f"are keyword-only, as in {func}(x, weight, stride=2)")
         raise ValueError(
             f"{func}: bias must have shape ({out_channels},) for {out_channels} output channels, "
-            f"got {bias.shape}"
+            f"got {bias.shape}{hint}"
         )

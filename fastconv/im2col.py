@@ -203,8 +203,8 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
     shape = (c * geom.kh * geom.kw, n * geom.oh * geom.ow)
     result = output(func, out, shape, x.dtype, {"x": x})
     if not uses_kernel(x.dtype):
-        return reference.im2col(x, kernel_size, stride=stride, padding=padding,
-                                dilation=dilation, out=result)
+        return reference.im2col(x, kernel_size, stride=(geom.sh, geom.sw), padding=padding,
+                                dilation=(geom.dh, geom.dw), out=result)
     return im2col_into(contiguous(x, x.dtype), geom, result)
 
 
@@ -251,6 +251,6 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1, o
         )
     result = output(func, out, shape, cols.dtype, {"cols": cols})
     if not uses_kernel(cols.dtype):
-        return reference.col2im(cols, shape, kernel_size, stride=stride, padding=padding,
-                                dilation=dilation, out=result)
+        return reference.col2im(cols, shape, kernel_size, stride=(geom.sh, geom.sw),
+                                padding=padding, dilation=(geom.dh, geom.dw), out=result)
     return col2im_into(contiguous(cols, cols.dtype), geom, result)

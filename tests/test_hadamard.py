@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastconv as fc
 from fastconv._seeds import outer_hadamard_iter
 
-from conftest import DTYPES, layouts, random_array
-
 from cases import HADAMARD_CASES as CASES
+from conftest import DTYPES, layouts, random_array
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -60,14 +60,16 @@ def test_other_dtypes_follow_the_reference(a_dtype, b_dtype, rng):
 
 @pytest.mark.filterwarnings("ignore:invalid value")
 def test_nan_and_inf_propagate():
-    A = np.array([[np.nan, np.inf, 1.0]]); B = np.array([[1.0, 0.0, -np.inf]])
+    A = np.array([[np.nan, np.inf, 1.0]])
+    B = np.array([[1.0, 0.0, -np.inf]])
     assert np.array_equal(fc.batch_outer_hadamard(A, B), A * B, equal_nan=True)
 
 
 # -- bad input: one test per rule ------------------------------------------------
 
 def test_mismatched_trailing_shapes():
-    with pytest.raises(ValueError, match=r"batch_outer_hadamard: .*same trailing shape.*\(2, 3, 4\).*\(2, 3, 5\)"):
+    message = r"batch_outer_hadamard: .*same trailing shape.*\(2, 3, 4\).*\(2, 3, 5\)"
+    with pytest.raises(ValueError, match=message):
         fc.batch_outer_hadamard(np.ones((2, 3, 4)), np.ones((2, 3, 5)))
 
 
@@ -95,9 +97,17 @@ def test_bad_out(out, message):
 
 
 def test_read_only_out():
-    out = np.empty((6, 5)); out.flags.writeable = False
+    out = np.empty((6, 5))
+    out.flags.writeable = False
     with pytest.raises(ValueError, match="out is read-only"):
         fc.batch_outer_hadamard(np.ones((2, 5)), np.ones((3, 5)), out=out)
+
+
+def test_a_result_too_large_to_allocate_is_a_memory_error():
+    rows = np.broadcast_to(np.ones(1, np.float32), (2**33, 1))  # no memory behind it
+    with pytest.raises(MemoryError, match=r"batch_outer_hadamard: cannot allocate the result of shape "
+                                          rf"\({2**66}, 1\) and dtype float32 \({2**68} bytes\)"):
+        fc.batch_outer_hadamard(rows, rows)
 
 
 def test_out_overlapping_an_input():

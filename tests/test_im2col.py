@@ -1,17 +1,17 @@
 """im2col / col2im against fastconv.reference, the classic loop recipe and each other."""
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_matches, layouts, random_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import reference
-from fastconv._seeds import im2col_loop
 from fastconv._args import geometry
+from fastconv._seeds import im2col_loop
 from fastconv.im2col import im2col_stacked_into
 
 from cases import IM2COL_CASES as CASES
+from conftest import DTYPES, assert_matches, layouts, random_array
 
 
 def _kwargs(case):
@@ -125,7 +125,8 @@ X = np.zeros((2, 3, 5, 5))
     (dict(kernel_size=3, dilation=3), ValueError, r"spans 7x7, larger than the padded input 5x5"),
     (dict(x=np.array([["a"]] * 4, dtype=object).reshape(1, 1, 2, 2), kernel_size=1), TypeError,
      "x has dtype object"),
-    (dict(kernel_size=3, out=np.zeros((27, 49))), ValueError, r"out has shape \(27, 49\) but the result has shape \(27, 18\)"),
+    (dict(kernel_size=3, out=np.zeros((27, 49))), ValueError,
+     r"out has shape \(27, 49\) but the result has shape \(27, 18\)"),
     (dict(kernel_size=3, out=np.zeros((27, 18), np.float32)), ValueError, "out has dtype float32"),
     (dict(kernel_size=3, out=np.zeros((18, 27)).T), ValueError, "out must be C-contiguous"),
     (dict(kernel_size=3, out=[[0.0]]), TypeError, "out must be a numpy.ndarray"),
@@ -134,6 +135,13 @@ def test_im2col_bad_arguments(kwargs, exc, match):
     kwargs = {"x": X, **kwargs}
     with pytest.raises(exc, match=match):
         fc.im2col(**kwargs)
+
+
+def test_im2col_result_too_large_to_allocate_is_a_memory_error():
+    side = 2 * 2**40 + 1
+    message = rf"im2col: cannot allocate the result of shape \(1, {side * side}\)"
+    with pytest.raises(MemoryError, match=message):
+        fc.im2col(np.ones((1, 1, 1, 1)), 1, padding=2**40)
 
 
 def test_im2col_out_overlapping_input():
@@ -155,7 +163,8 @@ def test_im2col_read_only_out():
     ((np.zeros((27, 18)), (2, 3, 5, -5)), ValueError, r"input_shape must be 4 non-negative ints"),
     ((np.zeros((27, 18)), 5), TypeError, r"input_shape must be a tuple of 4 ints"),
     ((np.zeros((27, 18)), (2, 3, 5.0, 5)), TypeError, r"input_shape must be a tuple of 4 ints"),
-    ((np.zeros((27, 17)), (2, 3, 5, 5)), ValueError, r"cols has shape \(27, 17\) but input_shape \(2, 3, 5, 5\)"),
+    ((np.zeros((27, 17)), (2, 3, 5, 5)), ValueError,
+     r"cols has shape \(27, 17\) but input_shape \(2, 3, 5, 5\)"),
     ((np.zeros((27, 18)), (2, 3, 2, 2)), ValueError, "larger than the padded input 2x2"),
     ((np.zeros((27, 18), dtype="U1"), (2, 3, 5, 5)), TypeError, "cols has dtype <U1"),
 ])

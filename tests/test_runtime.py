@@ -1,7 +1,9 @@
-"""Threads, the compilation cache and the package surface: the rules DESIGN.md
-sets for every function, checked on batch_outer_hadamard (every op shares them
-through fastconv._config)."""
+"""The rules every operation shares: threads, the compilation cache, running without
+the JIT, the package surface, and the argument handling of fastconv._args (byte
+order, window arguments beyond int64, messages)."""
+import inspect
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,11 @@ import numpy as np
 import pytest
 
 import fastconv as fc
+
+from cases import every_operation
+from conftest import DTYPES, assert_matches, random_array
+
+TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def run_python(code, **env):
@@ -78,24 +85,49 @@ def test_second_process_loads_kernels_from_the_cache(tmp_path):
     assert second == ["2", "0"], f"second process: hits, misses = {second}"
 
 
+#: Runs every public operation on small float32 inputs against the reference.
+EVERY_OPERATION = textwrap.dedent(f"""
+    import sys
+    sys.path.insert(0, {str(TESTS)!r})
+    import numpy as np, fastconv as fc
+    from cases import every_operation
+    for name, (args, kwargs) in every_operation(np.random.default_rng(0)).items():
+        result = getattr(fc, name)(*args, **kwargs)
+        expected = getattr(fc.reference, name)(*args, **kwargs)
+        pairs = zip(result, expected, strict=True) if isinstance(result, tuple) else [(result, expected)]
+        for r, e in pairs:
+            assert r.dtype == e.dtype == np.float32, (name, r.dtype, e.dtype)
+            assert r.shape == e.shape and np.allclose(r, e, rtol=1e-4, atol=1e-5), name
+        print(name)
+""")
+OPERATIONS = sorted(fc.reference.__all__)
+
+
 def test_unwritable_cache_never_fails_a_call():
-    out = run_python("""
+    out = run_python(textwrap.dedent("""
         import numba.core.caching as caching
         def refuse(self):
             raise PermissionError("read-only")
         caching._CacheLocator.ensure_cache_path = refuse
-        import numpy as np, fastconv as fc
-        A, B = np.ones((300, 300)), np.full((300, 300), 3.0)
-        assert (fc.batch_outer_hadamard(A, B) == 3.0).all()
-        print("ok")
-    """)
-    assert out.strip() == "ok"
+    """) + EVERY_OPERATION)
+    assert sorted(out.split()) == OPERATIONS
 
 
-def test_public_names_match_the_reference():
-    for name in fc.__all__:
-        if name != "reference" and callable(getattr(fc, name)) and not isinstance(getattr(fc, name), type):
-            assert hasattr(fc.reference, name), f"fastconv.reference lacks {name}"
+def test_every_operation_runs_without_the_jit():
+    assert sorted(run_python(EVERY_OPERATION, NUMBA_DISABLE_JIT="1").split()) == OPERATIONS
+
+
+def test_public_functions_match_the_reference_in_name_and_signature():
+    functions = [name for name in fc.__all__ if name not in ("reference", "layers")]
+    assert sorted(functions) == OPERATIONS
+    for name in functions:
+        fast, reference = inspect.signature(getattr(fc, name)), inspect.signature(getattr(fc.reference, name))
+        assert fast == reference, f"{name}{fast} != reference.{name}{reference}"
+
+
+def test_layers_are_reachable_from_the_package():
+    assert "layers" in fc.__all__
+    assert fc.layers.Conv2d(2, 3, 3).weights.shape == (3, 2, 3, 3)
 
 
 def test_thread_pool_settings_are_defaults_the_user_can_override():
@@ -104,3 +136,106 @@ def test_thread_pool_settings_are_defaults_the_user_can_override():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean)
     assert result.stdout.split() == ["PASSIVE", "12"], result.stderr
     assert run_python(code, OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="7").split() == ["ACTIVE", "7"]
+
+
+# -- argument handling shared by every operation -----------------------------------
+
+def _results(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_non_native_byte_order_gives_native_results(name, dtype, rng):
+    args, kwargs = every_operation(rng, dtype)[name]
+    swapped = tuple(a.astype(a.dtype.newbyteorder("S")) if isinstance(a, np.ndarray) else a for a in args)
+    assert not swapped[0].dtype.isnative
+    results = _results(getattr(fc, name)(*swapped, **kwargs))
+    expected = _results(getattr(fc.reference, name)(*args, **kwargs))
+    assert len(results) == len(expected)
+    for result, reference in zip(results, expected):
+        assert result.dtype == np.dtype(dtype) and result.dtype.isnative
+        assert_matches(result, reference)
+
+
+def _windowed_calls(rng, stride, small_stride):
+    """Every windowed operation at ``stride``, with the reference at the equivalent
+    ``small_stride``: name -> (fast result, expected)."""
+    x, w = random_array(rng, (2, 3, 5, 6)), random_array(rng, (4, 3, 3, 2))
+    window = dict(padding=2)
+    y = fc.reference.conv2d(x, w, stride=small_stride, **window)
+    g = random_array(rng, y.shape)
+    cols = random_array(rng, fc.reference.im2col(x, (3, 2), stride=small_stride, **window).shape)
+    calls = {
+        "im2col": lambda m, s: m.im2col(x, (3, 2), stride=s, **window),
+        "col2im": lambda m, s: m.col2im(cols, x.shape, (3, 2), stride=s, **window),
+        "conv2d": lambda m, s: m.conv2d(x, w, stride=s, **window),
+        "conv2d_grad_input": lambda m, s: m.conv2d_grad_input(g, w, x.shape, stride=s, **window),
+        "conv2d_grad_weight": lambda m, s: m.conv2d_grad_weight(x, g, w.shape, stride=s, **window),
+    }
+    return {name: (call(fc, stride), call(fc.reference, small_stride)) for name, call in calls.items()}
+
+
+@pytest.mark.parametrize("stride, small_stride", [
+    (2**63 - 1, 9), (10**30, 9), ((10**30, 2), (9, 2)), ((1, 2**63 - 1), (1, 9)), (2**64 + 3, 9),
+], ids=["int64_max", "1e30", "pair_1e30", "pair_int64_max", "beyond_uint64"])
+def test_strides_beyond_int64_give_one_output_along_their_axis(stride, small_stride, rng):
+    for name, (result, expected) in _windowed_calls(rng, stride, small_stride).items():
+        assert_matches(result, expected), name
+
+
+@pytest.mark.parametrize("name", ["im2col", "col2im", "conv2d", "conv2d_grad_input", "conv2d_grad_weight"])
+@pytest.mark.parametrize("padding", [2**62, 10**30, (0, 2**63 - 1)], ids=["2**62", "1e30", "pair_int64_max"])
+def test_padding_beyond_index_arithmetic_is_a_value_error(name, padding):
+    x, w = np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1))
+    window = dict(stride=2**63 - 1, padding=padding)
+    calls = {
+        "im2col": lambda: fc.im2col(x, 1, **window),
+        "col2im": lambda: fc.col2im(np.ones((1, 1)), x.shape, 1, **window),
+        "conv2d": lambda: fc.conv2d(x, w, **window),
+        "conv2d_grad_input": lambda: fc.conv2d_grad_input(np.ones((1, 1, 1, 1)), w, x.shape, **window),
+        "conv2d_grad_weight": lambda: fc.conv2d_grad_weight(x, np.ones((1, 1, 1, 1)), w.shape, **window),
+    }
+    with pytest.raises(ValueError, match=rf"{name}: padding=.* too large for 64-bit index arithmetic"):
+        calls[name]()
+
+
+def test_the_dilation_of_a_one_tap_kernel_is_never_used(rng):
+    x = random_array(rng, (2, 3, 4, 5))
+    assert_matches(fc.im2col(x, (1, 2), dilation=(10**30, 2)),
+                   fc.reference.im2col(x, (1, 2), dilation=(1, 2)))
+    with pytest.raises(ValueError, match=r"im2col: kernel 3x3 with dilation"):
+        fc.im2col(x, 3, dilation=10**30)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, w: fc.conv2d(x, w),
+     r"conv2d: weight has 3 input channels per group but x has 5 channels \(groups=1\); "
+     r"x \(2, 5, 6, 3\) looks channels-last \(N, H, W, C\), but fastconv expects NCHW \(N, C, H, W\): "
+     r"transpose it with \.transpose\(0, 3, 1, 2\)"),
+    (lambda x, w: fc.conv2d_grad_weight(x, np.ones((2, 8, 3, 4)), w.shape),
+     r"conv2d_grad_weight: weight has 3 input channels .* x \(2, 5, 6, 3\) looks channels-last"),
+    (lambda x, w: fc.conv2d_grad_input(np.ones((2, 8, 3, 4)), w, x.shape),
+     r"conv2d_grad_input: .* input_shape \(2, 5, 6, 3\) looks channels-last .*: pass \(N, C, H, W\)"),
+    (lambda x, w: fc.conv2d(x, np.ones((8, 1, 3, 3)), groups=3),
+     r"conv2d: x has 5 channels, not divisible by groups=3; x \(2, 5, 6, 3\) looks channels-last"),
+], ids=["conv2d", "conv2d_grad_weight", "conv2d_grad_input", "groups"])
+def test_channels_last_input_gets_a_layout_hint(call, message):
+    x, w = np.ones((2, 5, 6, 3)), np.ones((8, 3, 3, 3))
+    with pytest.raises(ValueError, match=message):
+        call(x, w)
+
+
+def test_no_layout_hint_when_the_last_axis_does_not_match():
+    with pytest.raises(ValueError, match=r"x has 5 channels \(groups=1\)$"):
+        fc.conv2d(np.ones((2, 5, 6, 4)), np.ones((8, 3, 3, 3)))
+
+
+def test_a_positional_stride_is_explained():
+    x, w = np.ones((2, 3, 5, 5)), np.ones((8, 3, 3, 3))
+    message = (r"conv2d: bias must have shape \(8,\) for 8 output channels, got \(\); "
+               r".*keyword-only, as in conv2d\(x, weight, stride=2\)")
+    with pytest.raises(ValueError, match=message):
+        fc.conv2d(x, w, 2)
+    with pytest.raises(ValueError, match=r"got \(3,\)$"):
+        fc.conv2d(x, w, np.ones(3))
