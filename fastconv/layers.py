@@ -6,6 +6,13 @@ are public arrays (``layer.weights = np.ones(...)`` keeps working). Every layer
 computes with ``ops``: fastconv's kernels by default, or ``fastconv.reference``
 (same names and signatures) to run the same network on the einsum versions.
 
+dtypes: the parameters keep the dtype they were created with (``dtype``, float64
+by default). A layer computes in the dtype of its floating-point input (float32
+in, float32 out; integer and bool inputs are cast to the parameters' dtype): the
+parameters are cast to it for the call, ``backward`` casts ``dout`` to it and
+returns dL/dX in it, and ``.dweights``/``.dbiases`` come back in the parameters'
+dtype, ready for ``layer.weights -= lr * layer.dweights``.
+
 Examples
 --------
 >>> import numpy as np
@@ -22,11 +29,33 @@ import numpy as np
 import fastconv
 
 
-class Conv2d:
+def _compute_dtype(X, parameters):
+    """The input's dtype if it is floating-point, else the parameters'."""
+    return X.dtype if X.dtype.kind == "f" else parameters.dtype
+
+
+class _Layer:
+    """Keeps what ``forward`` saw for ``backward``."""
+
+    def __init__(self):
+        self._saved = None
+
+    def _save(self, **values):
+        self._saved = values
+
+    def _forward_state(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward: "
+                               f"run forward(X) first, backward uses its input")
+        return self._saved
+
+
+class Conv2d(_Layer):
     """2-D convolution (cross-correlation): ``weights`` (O, C // groups, K, K), ``biases`` (O, 1)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, *, seed=None, dtype=np.float64, ops=fastconv):
+        super().__init__()
         kh, kw = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 2
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels={in_channels} and out_channels={out_channels} "
@@ -40,21 +69,31 @@ class Conv2d:
         self.ops = ops
 
     def forward(self, X):
-        self.X = np.asarray(X)
-        bias = None if self.biases is None else self.biases.reshape(-1)
-        return self.ops.conv2d(self.X, self.weights, bias, **self.options)
+        X = np.asarray(X)
+        dtype = _compute_dtype(X, self.weights)
+        X = X.astype(dtype, copy=False)
+        self._save(X=X, dtype=dtype)
+        bias = None if self.biases is None else self.biases.reshape(-1).astype(dtype, copy=False)
+        return self.ops.conv2d(X, self.weights.astype(dtype, copy=False), bias, **self.options)
 
     def backward(self, dout):
-        self.dweights = self.ops.conv2d_grad_weight(self.X, dout, self.weights.shape, **self.options)
+        saved = self._forward_state()
+        X, dtype = saved["X"], saved["dtype"]
+        dout = np.asarray(dout).astype(dtype, copy=False)
+        weights = self.weights.astype(dtype, copy=False)
+        self.dweights = self.ops.conv2d_grad_weight(X, dout, weights.shape, **self.options).astype(
+            self.weights.dtype, copy=False)
         if self.biases is not None:
-            self.dbiases = self.ops.conv2d_grad_bias(dout).reshape(self.biases.shape)
-        return self.ops.conv2d_grad_input(dout, self.weights, self.X.shape, **self.options)
+            self.dbiases = self.ops.conv2d_grad_bias(dout).reshape(self.biases.shape).astype(
+                self.biases.dtype, copy=False)
+        return self.ops.conv2d_grad_input(dout, weights, X.shape, **self.options)
 
 
-class Linear:
+class Linear(_Layer):
     """Fully connected layer ``X @ weights + biases``: ``weights`` (I, O), ``biases`` (1, O)."""
 
     def __init__(self, input_size, output_size, *, seed=None, dtype=np.float64, ops=fastconv):
+        super().__init__()
         rng = np.random.default_rng(seed)
         self.weights = (rng.standard_normal((input_size, output_size))
                         * np.sqrt(2.0 / input_size)).astype(dtype)
@@ -62,47 +101,60 @@ class Linear:
         self.ops = ops
 
     def forward(self, X):
-        self.X = np.asarray(X)
-        return self.ops.linear(self.X, self.weights, self.biases.reshape(-1))
+        X = np.asarray(X)
+        dtype = _compute_dtype(X, self.weights)
+        X = X.astype(dtype, copy=False)
+        self._save(X=X, dtype=dtype)
+        return self.ops.linear(X, self.weights.astype(dtype, copy=False),
+                               self.biases.reshape(-1).astype(dtype, copy=False))
 
     def backward(self, dout):
-        dX, self.dweights, dbiases = self.ops.linear_backward(self.X, self.weights, dout)
-        self.dbiases = dbiases.reshape(self.biases.shape)
+        saved = self._forward_state()
+        X, dtype = saved["X"], saved["dtype"]
+        dout = np.asarray(dout).astype(dtype, copy=False)
+        dX, dweights, dbiases = self.ops.linear_backward(X, self.weights.astype(dtype, copy=False), dout)
+        self.dweights = dweights.astype(self.weights.dtype, copy=False)
+        self.dbiases = dbiases.reshape(self.biases.shape).astype(self.biases.dtype, copy=False)
         return dX
 
 
-class Softmax:
+class Softmax(_Layer):
     """Softmax along ``axis``; backward in closed form (no Jacobian)."""
 
     def __init__(self, axis=-1, *, ops=fastconv):
+        super().__init__()
         self.axis = axis
         self.ops = ops
 
     def forward(self, X):
-        self.S = self.ops.softmax(X, axis=self.axis)
-        return self.S
+        S = self.ops.softmax(X, axis=self.axis)
+        self._save(S=S)
+        return S
 
     def backward(self, dout):
-        return self.ops.softmax_backward(self.S, dout, axis=self.axis)
+        S = self._forward_state()["S"]
+        return self.ops.softmax_backward(S, np.asarray(dout).astype(S.dtype, copy=False), axis=self.axis)
 
 
-class ReLU:
+class ReLU(_Layer):
     """``max(X, 0)``; the gradient passes where the input was positive."""
 
     def forward(self, X):
-        self.mask = np.asarray(X) > 0
-        return np.where(self.mask, X, 0)
+        mask = np.asarray(X) > 0
+        self._save(mask=mask)
+        return np.where(mask, X, 0)
 
     def backward(self, dout):
-        return np.where(self.mask, dout, 0)
+        return np.where(self._forward_state()["mask"], dout, 0)
 
 
-class Flatten:
+class Flatten(_Layer):
     """(N, ...) -> (N, prod(...)) and back."""
 
     def forward(self, X):
-        self.shape = np.shape(X)
-        return np.reshape(X, (self.shape[0], -1))
+        shape = np.shape(X)
+        self._save(shape=shape)
+        return np.reshape(X, (shape[0], -1))
 
     def backward(self, dout):
-        return np.reshape(dout, self.shape)
+        return np.reshape(dout, self._forward_state()["shape"])

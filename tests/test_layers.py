@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_matches, central_difference, random_array, relative_error
 
 import fastconv as fc
 from fastconv.layers import Conv2d, Flatten, Linear, ReLU, Softmax
+
+from conftest import assert_matches, central_difference, random_array, relative_error
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -98,7 +99,8 @@ def test_relu_and_flatten_round_trip(rng):
 
 
 def test_conv2d_layer_rejects_bad_groups():
-    with pytest.raises(ValueError, match=r"Conv2d: in_channels=3 and out_channels=4 must both be divisible by groups=2"):
+    message = r"Conv2d: in_channels=3 and out_channels=4 must both be divisible by groups=2"
+    with pytest.raises(ValueError, match=message):
         Conv2d(3, 4, 3, groups=2)
 
 
@@ -112,3 +114,33 @@ def test_example_trains_and_loss_falls():
     assert len(losses) == 4
     assert losses[-1] < 0.5 * losses[0], losses
     assert accuracy[-1] >= 0.9, accuracy
+
+
+@pytest.mark.parametrize("parameters", [np.float64, np.float32])
+@pytest.mark.parametrize("inputs", [np.float32, np.float64])
+def test_layers_compute_in_the_input_dtype(inputs, parameters, rng):
+    """float32 in, float32 out whatever the parameters' dtype; the parameter
+    gradients come back in the parameters' dtype."""
+    layers = network(fc, parameters)
+    X = random_array(rng, (3, 2, 7, 8), inputs)
+    Y = forward(layers, X)
+    assert Y.dtype == inputs
+    assert_matches(Y, forward(network(fc.reference, inputs), X), rtol=1e-4)
+    dX = backward(layers, random_array(rng, Y.shape, inputs))
+    assert dX.dtype == inputs
+    for layer in layers:
+        if hasattr(layer, "weights"):
+            dtypes = {layer.weights.dtype, layer.dweights.dtype, layer.biases.dtype, layer.dbiases.dtype}
+            assert dtypes == {np.dtype(parameters)}
+
+
+def test_integer_input_computes_in_the_parameters_dtype(rng):
+    layer = Linear(4, 3, seed=0, dtype=np.float32)
+    assert layer.forward(np.arange(8).reshape(2, 4)).dtype == np.float32
+
+
+@pytest.mark.parametrize("layer", [Conv2d(2, 3, 3), Linear(4, 2), Softmax(), ReLU(), Flatten()],
+                         ids=["Conv2d", "Linear", "Softmax", "ReLU", "Flatten"])
+def test_backward_before_forward_is_a_clear_error(layer):
+    with pytest.raises(RuntimeError, match=rf"{type(layer).__name__}\.backward called before forward"):
+        layer.backward(np.ones((1, 2)))
