@@ -51,6 +51,8 @@ def allocate(func, shape, dtype):
     try:
         return np.empty(shape, dtype)
     except (ValueError, MemoryError):  # ValueError: "Maximum allowed dimension exceeded"
+        if min(shape, default=0) < 0:
+            raise
         size = math.prod(shape) * dtype.itemsize
         raise MemoryError(
             f"{func}: cannot allocate the result of shape {shape} and dtype {dtype} "

@@ -4,7 +4,7 @@ import numpy as np
 
 from fastconv._workloads import HADAMARD, LINEAR, SOFTMAX
 
-# (na, nb, *S): the seed shapes, odd sizes, 1-element axes, trailing rank 0-3,
+# (na, nb, *S): the named workloads, odd sizes, 1-element axes, trailing rank 0-3,
 # and few rows with long rows (the path that splits rows into blocks).
 HADAMARD_CASES = [
     *[(na, nb, nx, ny) for name, (na, nb, nx, ny) in HADAMARD.items() if name != "seed_large"],
