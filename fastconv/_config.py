@@ -1,12 +1,9 @@
 """Numba options and thread-pool policy, decided once for the whole package.
 
-* The two thread pools stop spinning once their work ends, so that each gets the
-  cores right after the other: numba's OpenMP workers sleep (``OMP_WAIT_POLICY=
-  PASSIVE``; spinning slowed a following OpenBLAS GEMM up to 10x) and OpenBLAS's
-  workers sleep after 2**12 cycles (``OPENBLAS_THREAD_TIMEOUT=12``; their default
-  ~0.1 s of spinning slowed the Winograd transforms after each GEMM 1.2-1.5x).
-  Both are defaults for variables the user has not set, and OpenBLAS reads its
-  variable only when numpy loads: importing fastconv first makes it count.
+* numba's OpenMP workers sleep once their work ends (``OMP_WAIT_POLICY=PASSIVE``,
+  a default for a variable the user has not set): spinning workers slowed a
+  following NumPy GEMM up to 10x. BLAS runs single-threaded inside numba's tasks
+  (:mod:`fastconv._blas`), so the two pools never take turns within one call.
 * Every kernel is compiled with ``cache=True`` (a second process loads it from
   disk); where no cache directory is writable, kernels compile in memory instead.
 * Every loop nest is compiled twice, serial and parallel, lazily: small work runs
@@ -20,7 +17,6 @@ import types
 from contextlib import nullcontext
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 import numba  # noqa: E402
 

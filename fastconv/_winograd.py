@@ -33,13 +33,15 @@ and ``G^T dU G`` maps back to the 3x3 taps.
 Chunks (of images, or of tile rows of one image) keep V and M under
 ``CHUNK_BYTES``; the buffers are kept per Python thread between calls.
 """
-import threading
 from fractions import Fraction
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import prange
 
+from . import _blas
+from ._blas import gemm
 from ._config import kernel, serial_kernel
 
 
@@ -52,6 +54,7 @@ class Variant(NamedTuple):
     g: np.ndarray  # (alpha, 3) weight transform G
     at: np.ndarray  # (m, alpha) output transform A^T
     gg: np.ndarray  # (alpha**2, 9) kron(G, G): gg[i*alpha + j, k*3 + l] = G[i, k] G[j, l]
+    growth: float  # bound on |y| / (C max|x| max|w|) through the three transforms
 
 
 def _cook_toom(points, r=3):
@@ -83,7 +86,11 @@ def _cook_toom(points, r=3):
         bt[j, :alpha - 1] = [float(v) for v in poly(others)]
     at[m - 1, alpha - 1] = g[alpha - 1, r - 1] = 1.0
     bt[alpha - 1] = [float(v) for v in poly(p)]
-    return Variant(m, alpha, bt, g, at, np.kron(g, g))
+
+    def gain(a):  # the largest amplification of the 2-D transform a d a^T
+        return float(np.abs(a).sum(axis=1).max()) ** 2
+
+    return Variant(m, alpha, bt, g, at, np.kron(g, g), gain(bt) * gain(g) * gain(at))
 
 
 #: F(2x2, 3x3): 2.25x fewer multiplications; float32 error like a direct sum.
@@ -94,41 +101,44 @@ F4 = _cook_toom([0, 1, -1, 2, Fraction(-1, 2)])
 
 
 @serial_kernel
-def _combine(out, at, src, starts, coefs, n):
-    """out[at + p] = sum_t coefs[t] * src[starts[t] + p] for p < n, up to three
-    terms per pass, on flat arrays.
+def _combine(out, at, out_step, src, starts, src_step, coefs, rows, n):
+    """out[at + r*out_step + p] = sum_t coefs[t] * src[starts[t] + r*src_step + p]
+    for r < rows and p < n, up to three terms per pass, on flat arrays.
 
     Indices are unsigned: numba then emits no negative-index wraparound and the
     loops vectorize without a view per source (measured: a slice costs ~70 ns,
     the whole call on 200 elements ~25 ns)."""
-    at, n = np.uint64(at), np.uint64(n)
-    for t in range(0, coefs.shape[0], 3):
-        terms = min(3, coefs.shape[0] - t)
-        c0, s0 = coefs[t], np.uint64(starts[t])
-        if terms == 1:
+    n = np.uint64(n)
+    for r in range(rows):
+        base = np.uint64(at + r * out_step)
+        shift = r * src_step
+        for t in range(0, coefs.shape[0], 3):
+            terms = min(3, coefs.shape[0] - t)
+            c0, s0 = coefs[t], np.uint64(starts[t] + shift)
+            if terms == 1:
+                if t == 0:
+                    for p in range(n):
+                        out[base + p] = c0 * src[s0 + p]
+                else:
+                    for p in range(n):
+                        out[base + p] += c0 * src[s0 + p]
+                continue
+            c1, s1 = coefs[t + 1], np.uint64(starts[t + 1] + shift)
+            if terms == 2:
+                if t == 0:
+                    for p in range(n):
+                        out[base + p] = c0 * src[s0 + p] + c1 * src[s1 + p]
+                else:
+                    for p in range(n):
+                        out[base + p] += c0 * src[s0 + p] + c1 * src[s1 + p]
+                continue
+            c2, s2 = coefs[t + 2], np.uint64(starts[t + 2] + shift)
             if t == 0:
                 for p in range(n):
-                    out[at + p] = c0 * src[s0 + p]
+                    out[base + p] = c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
             else:
                 for p in range(n):
-                    out[at + p] += c0 * src[s0 + p]
-            continue
-        c1, s1 = coefs[t + 1], np.uint64(starts[t + 1])
-        if terms == 2:
-            if t == 0:
-                for p in range(n):
-                    out[at + p] = c0 * src[s0 + p] + c1 * src[s1 + p]
-            else:
-                for p in range(n):
-                    out[at + p] += c0 * src[s0 + p] + c1 * src[s1 + p]
-            continue
-        c2, s2 = coefs[t + 2], np.uint64(starts[t + 2])
-        if t == 0:
-            for p in range(n):
-                out[at + p] = c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
-        else:
-            for p in range(n):
-                out[at + p] += c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
+                    out[base + p] += c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
 
 
 @serial_kernel
@@ -136,6 +146,59 @@ def _zero(out, start, stop):
     """out[start:stop] = 0 without a view (see :func:`_combine`)."""
     for p in range(np.uint64(start), np.uint64(stop)):
         out[p] = 0
+
+
+@serial_kernel
+def _deinterleave(q, at, plane, step, xf, src, wd, pl, m, size, tw):
+    """The column phases of one input row: q[at + l*plane + b*step] = row[b*m + l - pl]
+    for l < size and tiles b < tw, zero outside the row ``xf[src:src + wd]``.
+
+    Interior tiles read m consecutive values into m phases in one loop (a
+    stride-m interleaved load that vectorizes); phases l >= m are phase l - m
+    one tile on."""
+    inner0 = min(tw, (pl + m - 1) // m)  # first tile whose m columns start inside
+    inner1 = max(inner0, min(tw, (wd + pl - m) // m + 1))  # past the last tile ending inside
+    ustep, uplane = np.uint64(step), np.uint64(plane)
+    for b in range(tw):
+        if inner0 <= b < inner1:
+            continue
+        for l in range(m):
+            col = b * m + l - pl
+            q[at + l * plane + b * step] = xf[src + col] if 0 <= col < wd else 0
+    first = np.uint64(at + inner0 * step)
+    base = np.uint64(src + inner0 * m - pl)
+    count = np.uint64(inner1 - inner0)
+    if m == 4:
+        for b in range(count):
+            d, c = first + b * ustep, base + b * np.uint64(4)
+            q[d] = xf[c]
+            q[d + uplane] = xf[c + np.uint64(1)]
+            q[d + np.uint64(2) * uplane] = xf[c + np.uint64(2)]
+            q[d + np.uint64(3) * uplane] = xf[c + np.uint64(3)]
+    elif m == 2:
+        for b in range(count):
+            d, c = first + b * ustep, base + b * np.uint64(2)
+            q[d] = xf[c]
+            q[d + uplane] = xf[c + np.uint64(1)]
+    else:
+        for l in range(m):
+            for b in range(count):
+                q[first + np.uint64(l) * uplane + b * ustep] = xf[base + b * np.uint64(m) + np.uint64(l)]
+    for l in range(m, size):
+        dst, prev = np.uint64(at + l * plane), np.uint64(at + (l - m) * plane + step)
+        for b in range(np.uint64(tw - 1)):
+            q[dst + b * ustep] = q[prev + b * ustep]
+        col = (tw - 1) * m + l - pl
+        q[at + l * plane + (tw - 1) * step] = xf[src + col] if 0 <= col < wd else 0
+
+
+@serial_kernel
+def _within(values, limit):
+    """Whether every value lies in [-limit, limit] (False for NaN)."""
+    count = 0
+    for p in range(np.uint64(values.shape[0])):
+        count += not (abs(values[p]) <= limit)
+    return count == 0
 
 
 @serial_kernel
@@ -150,143 +213,202 @@ def _terms(row, starts, coefs, offsets, base):
     return starts[:count], coefs[:count]
 
 
-@kernel
-def _input_transform(x, bt, m, pt, pl, n0, a0, th, tw, v):
-    """v[i*alpha + j, c, (a*tw + b)*nb + k] = (B^T d B)[i, j] where d is the
-    size x size patch (``alpha, size = bt.shape``) of image ``n0 + k`` (k < nb),
-    channel c, at padded row ``(a0 + a)*m`` and padded column ``b*m`` (zero
-    outside the image).
+
+#: Channels transformed together: each pass is one long vector over them.
+GROUP = 16
+
+
+@serial_kernel
+def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
+    """v[i*alpha + j, c, (a*tw + b)*nb + k] = (B^T d B)[i, j] for channels
+    c0 <= c < c1, where d is the size x size patch (``alpha, size = bt.shape``)
+    of image ``n0 + k`` (k < nb), channel c, at padded row ``(a0 + a)*m`` and
+    padded column ``b*m`` (zero outside the image). Returns whether every input
+    value read lies within ``[-limit, limit]`` (False for NaN and Inf).
 
     With ``bt = A`` (``size = m``) this is the adjoint of the output transform,
     ``A dy A^T`` over the m x m tiles of a gradient ``dy``."""
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
     alpha, size = bt.shape
+    group = c1 - c0
     nb = v.shape[2] // (th * tw)
-    row_len = tw * nb  # one tile row of the chunk, images innermost
+    row_len = tw * nb  # one tile row of the block, images innermost
     phase_rows = th + (size - 1) // m  # the last patch reaches phase row th - 1 + (size - 1) // m
     span = phase_rows * row_len
+    plane = group * span  # one (s, l) phase of every channel of the group
     # flat offsets of the sources: q[s, l] in the row pass, r[j, i % m] shifted by
     # i // m phase rows in the column pass
-    row_offsets = np.arange(size) * span
-    col_offsets = (np.arange(size) % m) * span + (np.arange(size) // m) * row_len
+    row_offsets = np.arange(size) * plane
+    col_offsets = (np.arange(size) % m) * plane + (np.arange(size) // m) * row_len
     xf, vf = x.ravel(), v.ravel()
     tiles = v.shape[2]
-    for c in prange(channels):
-        starts = np.empty(size, np.int64)
-        coefs = np.empty(size, x.dtype)
-        # column phases q[s, l, (a*tw + b)*nb + k] = d[k][(a0 + a)*m + s, b*m + l]
-        q = np.empty(m * size * span, x.dtype)
-        for s in range(m):
-            for a in range(phase_rows):
-                row = (a0 + a) * m + s - pt
-                for l in range(size):
-                    dst = (s * size + l) * span + a * row_len
-                    if row < 0 or row >= h:
-                        _zero(q, dst, dst + row_len)
-                        continue
-                    first = 0
-                    if l >= m:  # phase l - m one tile to the right: a contiguous copy
-                        prev = np.uint64((s * size + l - m) * span + a * row_len + nb)
-                        d = np.uint64(dst)
-                        for p in range(np.uint64((tw - 1) * nb)):
-                            q[d + p] = q[prev + p]
-                        first = tw - 1
-                    b0 = min(tw, max(first, (pl - l + m - 1) // m))  # tiles b0 <= b < b1 read inside
-                    b1 = max(b0, min(tw, (wd + pl - l + m - 1) // m))
-                    _zero(q, dst + first * nb, dst + b0 * nb)
-                    _zero(q, dst + b1 * nb, dst + row_len)
-                    col = b0 * m + l - pl
-                    for k in range(nb):
-                        src = np.uint64((((n0 + k) * channels + c) * h + row) * wd + col)
-                        d = np.uint64(dst + b0 * nb + k)
-                        if nb == 1:  # contiguous stores
-                            for p in range(np.uint64(b1 - b0)):
-                                q[d + p] = xf[src + p * np.uint64(m)]
-                        else:
-                            for p in range(np.uint64(b1 - b0)):
-                                q[d + p * np.uint64(nb)] = xf[src + p * np.uint64(m)]
-        # row pass r[j, s] = sum_l B^T[j, l] q[s, l]
-        r = np.empty(alpha * m * span, x.dtype)
-        for s in range(m):
-            for j in range(alpha):
-                st, co = _terms(bt[j], starts, coefs, row_offsets, s * size * span)
-                _combine(r, (j * m + s) * span, q, st, co, span)
-        # column pass: padded row (a0 + a)*m + i is phase i % m of phase row a + i // m
-        for i in range(alpha):
-            for j in range(alpha):
-                st, co = _terms(bt[i], starts, coefs, col_offsets, j * m * span)
-                _combine(vf, ((i * alpha + j) * channels + c) * tiles, r, st, co, tiles)
+    starts = np.empty(size, np.int64)
+    coefs = np.empty(size, x.dtype)
+    # column phases q[s, l, c, (a*tw + b)*nb + k] = d[k][c][(a0 + a)*m + s, b*m + l]
+    q = np.empty(m * size * plane, x.dtype)
+    for s in range(m):
+        for a in range(phase_rows):
+            row = (a0 + a) * m + s - pt
+            for cg in range(group):
+                at = s * size * plane + cg * span + a * row_len
+                if row < 0 or row >= h:
+                    for l in range(size):
+                        _zero(q, at + l * plane, at + l * plane + row_len)
+                    continue
+                for k in range(nb):
+                    src = (((n0 + k) * channels + c0 + cg) * h + row) * wd
+                    _deinterleave(q, at + k, plane, nb, xf, src, wd, pl, m, size, tw)
+    inside = _within(q, limit)
+    # row pass r[j, s] = sum_l B^T[j, l] q[s, l], all channels of the group at once
+    r = np.empty(alpha * m * plane, x.dtype)
+    for s in range(m):
+        for j in range(alpha):
+            st, co = _terms(bt[j], starts, coefs, row_offsets, s * size * plane)
+            _combine(r, (j * m + s) * plane, 0, q, st, 0, co, 1, plane)
+    # column pass: padded row (a0 + a)*m + i is phase i % m of phase row a + i // m
+    for i in range(alpha):
+        for j in range(alpha):
+            st, co = _terms(bt[i], starts, coefs, col_offsets, j * m * plane)
+            _combine(vf, ((i * alpha + j) * channels + c0) * tiles, tiles, r, st, span, co,
+                     group, tiles)
+    return inside
 
 
-@kernel
-def _output_transform(mm, at, bias, out, n0, a0, th, tw):
-    """out[n0 + k, o, tile (a0 + a, b)] = (A^T M A)[:, o, (a*tw + b)*nb + k] + bias[o],
-    clipped to the output plane."""
+@serial_kernel
+def _output_channels(mm, at, bias, out, n0, a0, th, tw, o0, o1):
+    """out[n0 + k, o, tile (a0 + a, b)] = (A^T M A)[:, o, (a*tw + b)*nb + k] + bias[o]
+    for o0 <= o < o1, clipped to the output plane."""
     m, alpha = at.shape
     n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     tiles = mm.shape[2]
     nb = tiles // (th * tw)
+    plane = (o1 - o0) * tiles
     flat, outf = mm.ravel(), out.ravel()
     col_offsets = np.arange(alpha) * (alpha * n_out * tiles)  # M[i*alpha + j] over i
-    row_offsets = np.arange(alpha) * tiles  # s[u, j] over j
-    for o in prange(n_out):
-        starts = np.empty(alpha, np.int64)
-        coefs = np.empty(alpha, mm.dtype)
-        # column pass s[u, j] = sum_i A^T[u, i] M[i*alpha + j, o]
-        s = np.empty(m * alpha * tiles, mm.dtype)
-        for u in range(m):
-            for j in range(alpha):
-                st, co = _terms(at[u], starts, coefs, col_offsets, (j * n_out + o) * tiles)
-                _combine(s, (u * alpha + j) * tiles, flat, st, co, tiles)
-        # row pass y[v] = sum_j A^T[v, j] s[u, j], then out rows (a0 + a)*m + u
-        y = np.empty(m * tiles, mm.dtype)
-        bo = bias[o]
-        for u in range(m):
-            for vv in range(m):
-                st, co = _terms(at[vv], starts, coefs, row_offsets, u * alpha * tiles)
-                _combine(y, vv * tiles, s, st, co, tiles)
+    row_offsets = np.arange(alpha) * plane  # s[u, j] over j
+    starts = np.empty(alpha, np.int64)
+    coefs = np.empty(alpha, mm.dtype)
+    # column pass s[u, j] = sum_i A^T[u, i] M[i*alpha + j, o0:o1]
+    s = np.empty(m * alpha * plane, mm.dtype)
+    for u in range(m):
+        for j in range(alpha):
+            st, co = _terms(at[u], starts, coefs, col_offsets, (j * n_out + o0) * tiles)
+            _combine(s, (u * alpha + j) * plane, 0, flat, st, 0, co, 1, plane)
+    # row pass y[v] = sum_j A^T[v, j] s[u, j], then out rows (a0 + a)*m + u
+    y = np.empty(m * plane, mm.dtype)
+    for u in range(m):
+        for vv in range(m):
+            st, co = _terms(at[vv], starts, coefs, row_offsets, u * alpha * plane)
+            _combine(y, vv * plane, 0, s, st, 0, co, 1, plane)
+        for o in range(o0, o1):
+            bo = bias[o]
             for k in range(nb):
-                plane = ((n0 + k) * n_out + o) * oh * ow
+                first = ((n0 + k) * n_out + o) * oh * ow
                 for a in range(th):
                     row = (a0 + a) * m + u
                     if row >= oh:
                         break
                     for vv in range(m):
-                        src = np.uint64(vv * tiles + a * tw * nb + k)
-                        dst = np.uint64(plane + row * ow + vv)
+                        src = np.uint64(vv * plane + (o - o0) * tiles + a * tw * nb + k)
+                        dst = np.uint64(first + row * ow + vv)
                         count = np.uint64(min(tw, max(0, (ow - vv + m - 1) // m)))
                         for b in range(count):
                             outf[dst + b * np.uint64(m)] = y[src + b * np.uint64(nb)] + bo
 
 
-_scratch = threading.local()
+@kernel
+def _input_transform(x, bt, m, pt, pl, n0, a0, th, tw, v, limit, inside):
+    """:func:`_input_channels` for every group of channels, one task per group."""
+    channels = x.shape[1]
+    for g in prange(-(-channels // GROUP)):
+        c0 = g * GROUP
+        inside[g] = _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0,
+                                    min(channels, c0 + GROUP), limit)
 
 
-def _buffer(name, size, dtype):
-    """A flat scratch array of ``size`` elements, kept per Python thread between
-    calls: a fresh buffer of several MB costs more in page faults than the
-    transform that fills it."""
-    key = (name, np.dtype(dtype).char)
-    buf = getattr(_scratch, "buffers", {}).get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype)
-        _scratch.buffers = {**getattr(_scratch, "buffers", {}), key: buf}
-    return buf[:size]
+@kernel
+def _output_transform(mm, at, bias, out, n0, a0, th, tw):
+    """:func:`_output_channels` for every group of output channels, one task per group."""
+    n_out = out.shape[1]
+    for g in prange(-(-n_out // GROUP)):
+        o0 = g * GROUP
+        _output_channels(mm, at, bias, out, n0, a0, th, tw, o0, min(n_out, o0 + GROUP))
 
 
-def weight_transform(w, variant, u=None):
+@serial_kernel
+def _block_views(blocks, k, tw, vbuf, mbuf, t, c, o, alpha2):
+    """Block k's (first image, images, first tile row, tile rows) and thread t's
+    V (alpha2, c, tiles) and M (alpha2, o, tiles) for it."""
+    n0, nb, a0, ta = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
+    tiles = nb * ta * tw
+    v = vbuf[t, :alpha2 * c * tiles].reshape((alpha2, c, tiles))
+    mm = mbuf[t, :alpha2 * o * tiles].reshape((alpha2, o, tiles))
+    return n0, a0, ta, v, mm
+
+
+@kernel
+def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, mbuf, limit, inside):
+    """The whole Winograd convolution, one task per thread: for each of the
+    thread's blocks of tiles, the input transform into the thread's V, the
+    alpha**2 GEMMs ``M[xi] = U[xi] @ V[xi]`` (single-threaded BLAS at ``addr``)
+    and the output transform, while V and M are in the core's cache.
+    ``inside[t]`` becomes False (and thread t stops) where an input value is
+    beyond ``limit``."""
+    threads, n_blocks = vbuf.shape[0], blocks.shape[0]
+    alpha2, n_out, channels = u.shape
+    for t in prange(threads):
+        for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
+            n0, a0, ta, v, mm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
+            for c0 in range(0, channels, GROUP):
+                inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, c0,
+                                             min(channels, c0 + GROUP), limit)
+            if not inside[t]:
+                break
+            for xi in range(alpha2):
+                gemm(addr, u[xi], v[xi], mm[xi], False, 0.0)
+            for o0 in range(0, n_out, GROUP):
+                _output_channels(mm, at, bias, out, n0, a0, ta, tw, o0, min(n_out, o0 + GROUP))
+
+
+@kernel
+def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du, limit, inside):
+    """The Winograd weight gradient, one task per thread: for each of the
+    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi] @ V[xi]^T``."""
+    threads, n_blocks = vbuf.shape[0], blocks.shape[0]
+    alpha2, n_out, channels = du.shape[1], du.shape[2], du.shape[3]
+    for t in prange(threads):
+        for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
+            n0, a0, ta, v, dm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
+            for c0 in range(0, channels, GROUP):
+                inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, c0,
+                                             min(channels, c0 + GROUP), limit)
+            for o0 in range(0, n_out, GROUP):
+                inside[t] &= _input_channels(dy, a, m, 0, 0, n0, a0, ta, tw, dm, o0,
+                                             min(n_out, o0 + GROUP), limit)
+            if not inside[t]:
+                break
+            for xi in range(alpha2):
+                gemm(addr, dm[xi], v[xi], du[t, xi], True, 1.0)
+
+
+def weight_transform(w, variant):
     """U[xi, o, c] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, shape
     ``(alpha**2, O, C)`` in ``w.dtype``, for a C-contiguous w (O, C, 3, 3): one
     GEMM with kron(G, G). Recomputed on every call: weights are often updated
     in place."""
     o, c = w.shape[:2]
-    if u is None:
-        u = np.empty((variant.alpha ** 2, o, c), w.dtype)
+    u = np.empty((variant.alpha ** 2, o, c), w.dtype)
     np.matmul(variant.gg.astype(w.dtype), w.reshape(o * c, 9).T, out=u.reshape(-1, o * c))
     return u
 
 
-#: Bytes of transformed input and output per chunk (V and M together).
+#: Bytes of V and M per block of tiles in the fused schedule: a thread's block
+#: stays in its core's cache from the input transform to the output transform.
+BLOCK_BYTES = 4 << 20
+#: Fewest tiles in a block: the GEMMs' inner dimension.
+MIN_BLOCK_TILES = 64
+#: Bytes of V and M per chunk where the GEMMs run as NumPy matmuls between
+#: parallel transforms (no BLAS callable from the kernels).
 CHUNK_BYTES = 32 << 20
 
 
@@ -319,43 +441,86 @@ def choose(n, c, o, oh, ow):
     return F4 if min(c, o) >= 64 and t4 >= 128 and 36 * t4 <= 0.65 * 16 * t2 else F2
 
 
-def _chunks(n, th, tw, per_tile):
-    """Split the ``n * th * tw`` tiles into chunks of at most ``CHUNK_BYTES`` of
-    transformed data (``per_tile`` bytes each): whole images where one fits,
-    else bands of tile rows of one image. Returns the chunk capacity in tiles
-    and the chunks as (first image, images, first tile row, tile rows)."""
-    fit = max(tw, CHUNK_BYTES // per_tile)
-    if fit >= th * tw:
-        images, rows = min(n, fit // (th * tw)), th
+def _blocks(n, th, tw, per_tile, budget, parts):
+    """Split the ``n * th * tw`` tiles into blocks of about ``budget`` bytes of
+    transformed data (``per_tile`` bytes a tile, at least ``MIN_BLOCK_TILES``
+    tiles for the GEMMs' sake): groups of whole images where one fits, else
+    bands of tile rows of one image. Where it can, the count is a multiple of
+    ``parts`` (threads) and block sizes differ by at most one image or row, so
+    that every thread gets the same work.
+
+    Returns the largest block in tiles and the blocks as a (B, 4) int64 array
+    of (first image, images, first tile row, tile rows)."""
+    fit = max(tw, MIN_BLOCK_TILES, budget // per_tile)
+    if fit >= th * tw and n >= parts:
+        groups, bands = -(-n // (fit // (th * tw))), 1
+        groups = min(n, parts * -(-groups // parts))
     else:
-        images, rows = 1, fit // tw
-    chunks = [(n0, min(images, n - n0), a0, min(rows, th - a0))
-              for n0 in range(0, n, images) for a0 in range(0, th, rows)]
-    return images * rows * tw, chunks
+        groups, bands = n, -(-th // (min(fit, th * tw) // tw))
+        while (n * bands) % parts and bands < th:
+            bands += 1
+    images = [(j * n // groups, (j + 1) * n // groups) for j in range(groups)]
+    rows = [(i * th // bands, (i + 1) * th // bands) for i in range(bands)]
+    blocks = np.array([(i0, i1 - i0, a0, a1 - a0) for i0, i1 in images for a0, a1 in rows],
+                      np.int64)
+    return int(blocks[:, 1].max() * blocks[:, 3].max() * tw), blocks
+
+
+def _input_limit(variant, channels, wmax, dtype):
+    """The largest |x| for which every transform, GEMM and sum of the forward
+    stays finite (with 4x headroom): beyond it, or for NaN/Inf, an exact path
+    takes the call."""
+    return np.finfo(dtype).max / (4 * variant.growth * max(channels, 1) * max(wmax, 1.0))
 
 
 def conv2d_3x3(x, w, b, geom, out, variant=None):
     """Winograd conv2d into ``out`` (N, O, OH, OW), trusting the caller:
     x (N, C, H, W) and w (O, C, 3, 3) C-contiguous in out's dtype, b (O,),
     ``geom`` a stride-1, undilated 3x3 :class:`fastconv._args.Geometry`;
-    ``variant`` defaults to :func:`choose`'s pick."""
+    ``variant`` defaults to :func:`choose`'s pick.
+
+    Returns ``out``, or None (``out`` partly written) where x or w holds NaN,
+    Inf or values so large that the transforms could overflow: the caller
+    then computes the call exactly.
+    """
     n, c = x.shape[:2]
     o = w.shape[0]
+    wmax = np.abs(w).max()
+    if not np.isfinite(wmax):
+        return None
     if variant is None:
         variant = choose(n, c, o, geom.oh, geom.ow)
     m, alpha = variant.m, variant.alpha
     dtype = out.dtype
+    limit = dtype.type(_input_limit(variant, c, wmax, dtype))
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
-    u = weight_transform(w, variant, _buffer("u", alpha * alpha * o * c, dtype).reshape(-1, o, c))
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
-    capacity, chunks = _chunks(n, th, tw, alpha * alpha * (c + o) * dtype.itemsize)
-    vbuf = _buffer("v", alpha * alpha * c * capacity, dtype)
-    mbuf = _buffer("m", alpha * alpha * o * capacity, dtype)
-    for n0, nb, a0, ta in chunks:
+    per_tile = alpha * alpha * (c + o) * dtype.itemsize
+    addr = _blas.address(dtype)
+    if addr:
+        threads = numba.get_num_threads()
+        capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES, threads)
+        vbuf = np.empty((threads, alpha * alpha * c * capacity), dtype)
+        mbuf = np.empty((threads, alpha * alpha * o * capacity), dtype)
+        inside = np.ones(threads, np.bool_)
+        # the weight transform too: a multi-threaded GEMM would leave BLAS workers spinning
+        with _blas.one_thread():
+            u = weight_transform(w, variant)
+            _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, addr, vbuf, mbuf,
+                           limit, inside, work=out.size * c)
+        return out if inside.all() else None
+    u = weight_transform(w, variant)
+    capacity, blocks = _blocks(n, th, tw, per_tile, CHUNK_BYTES, 1)
+    vbuf = np.empty(alpha * alpha * c * capacity, dtype)
+    mbuf = np.empty(alpha * alpha * o * capacity, dtype)
+    inside = np.ones(-(-c // GROUP), np.bool_)
+    for n0, nb, a0, ta in blocks:
         t = nb * ta * tw
         v = vbuf[:alpha * alpha * c * t].reshape(alpha * alpha, c, t)
         mm = mbuf[:alpha * alpha * o * t].reshape(alpha * alpha, o, t)
-        _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, work=v.size)
+        _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside, work=v.size)
+        if not inside.all():
+            return None
         np.matmul(u, v, out=mm)
         _output_transform(mm, at, b, out, n0, a0, ta, tw, work=mm.size)
     return out
@@ -364,12 +529,13 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
 def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     """dL/dW of the Winograd conv2d into ``dw`` (O, C, 3, 3), trusting the
     caller: x (N, C, H, W) and grad_out (N, O, OH, OW) C-contiguous in dw's
-    dtype, ``geom`` as for :func:`conv2d_3x3`.
+    dtype, ``geom`` as for :func:`conv2d_3x3`. Returns ``dw``, or None where
+    x or grad_out holds NaN, Inf or values large enough to overflow.
 
     The adjoint of the forward, transform by transform::
 
         dM[xi, o, t] = (A dy[n, o, tile t] A^T)[i, j]    dy zero beyond OH, OW
-        dU[xi]       = sum over chunks of dM[xi] @ V[xi]^T
+        dU[xi]       = sum over blocks of dM[xi] @ V[xi]^T
         dW[o, c]     = G^T dU[:, o, c] G
 
     with V the forward's input transform.
@@ -382,21 +548,46 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     m, alpha = variant.m, variant.alpha
     xi = alpha * alpha
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
+    # |dU| <= tiles * growth * max|x| * max|dy|: both operands under the square root
+    limit = dtype.type(np.sqrt(np.finfo(dtype).max / (4 * variant.growth * _tiles(n, *geom[-2:], m))))
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
-    capacity, chunks = _chunks(n, th, tw, xi * (c + o) * dtype.itemsize)
-    vbuf = _buffer("v", xi * c * capacity, dtype)
-    mbuf = _buffer("m", xi * o * capacity, dtype)
-    du = np.empty((xi, o, c), dtype)
-    partial = np.empty_like(du) if len(chunks) > 1 else du
-    for index, (n0, nb, a0, ta) in enumerate(chunks):
+    per_tile = xi * (c + o) * dtype.itemsize
+    addr = _blas.address(dtype)
+    if addr:
+        threads = numba.get_num_threads()
+        capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES, threads)
+        vbuf = np.empty((threads, xi * c * capacity), dtype)
+        mbuf = np.empty((threads, xi * o * capacity), dtype)
+        partials = np.zeros((threads, xi, o, c), dtype)
+        inside = np.ones(threads, np.bool_)
+        with _blas.one_thread():
+            _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf, mbuf,
+                               partials, limit, inside, work=grad_out.size * c)
+            if inside.all():
+                _weight_transform_adjoint(partials.sum(axis=0), variant, dw)
+        return dw if inside.all() else None
+    capacity, blocks = _blocks(n, th, tw, per_tile, CHUNK_BYTES, 1)
+    vbuf = np.empty(xi * c * capacity, dtype)
+    mbuf = np.empty(xi * o * capacity, dtype)
+    groups = -(-c // GROUP)
+    inside = np.ones(groups + -(-o // GROUP), np.bool_)
+    du = np.zeros((xi, o, c), dtype)
+    for n0, nb, a0, ta in blocks:
         t = nb * ta * tw
         v = vbuf[:xi * c * t].reshape(xi, c, t)
         dm = mbuf[:xi * o * t].reshape(xi, o, t)
-        _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, work=v.size)
-        _input_transform(grad_out, a, m, 0, 0, n0, a0, ta, tw, dm, work=dm.size)
-        np.matmul(dm, v.transpose(0, 2, 1), out=partial if index else du)
-        if index:
-            du += partial
-    # the adjoint of weight_transform: dW[o, c, k, l] = sum_ij G[i, k] G[j, l] dU[i*alpha + j, o, c]
-    np.matmul(du.reshape(xi, o * c).T, variant.gg.astype(dtype), out=dw.reshape(o * c, 9))
+        _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside[:groups],
+                         work=v.size)
+        _input_transform(grad_out, a, m, 0, 0, n0, a0, ta, tw, dm, limit, inside[groups:],
+                         work=dm.size)
+        if not inside.all():
+            return None
+        du += dm @ v.transpose(0, 2, 1)
+    _weight_transform_adjoint(du, variant, dw)
     return dw
+
+
+def _weight_transform_adjoint(du, variant, dw):
+    """dW[o, c, k, l] = sum_ij G[i, k] G[j, l] dU[i*alpha + j, o, c] into dw (O, C, 3, 3)."""
+    xi, o, c = du.shape
+    np.matmul(du.reshape(xi, o * c).T, variant.gg.astype(dw.dtype), out=dw.reshape(o * c, 9))

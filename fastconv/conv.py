@@ -21,13 +21,15 @@ Kernel strategy by shape class (float32/float64):
   ``W_g (O/g, C/g*KH*KW) @ cols[n]`` written straight into NCHW; with groups=1
   the bias rides in the GEMM as an extra row of ones.
 """
+import numba
 import numpy as np
 from numba import prange
 
-from . import _winograd, reference
+from . import _blas, _winograd, reference
 from ._args import (
     as_array, check_bias, check_ndim, contiguous, conv_groups, geometry, output, uses_kernel,
 )
+from ._blas import gemm
 from ._config import kernel, serial_kernel
 from .im2col import im2col_into, im2col_stacked_into
 
@@ -102,20 +104,17 @@ def _column_ranges(geom, width):
 
 
 @serial_kernel
-def _small(x, w2, b, xp, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl):
-    """Whole small convolution in one serial call: pad, im2col over the batch
-    (public layout, rows of length N*OH*OW), GEMM with the bias, scatter to NCHW.
+def _small(x, w2, b, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl):
+    """Whole small convolution in one serial call: im2col over the batch (public
+    layout, rows of length N*OH*OW, zero padding by bounds), GEMM with the bias,
+    scatter to NCHW.
 
-    Scratch (from the wrapper): xp zeros (N, C, H+pt+pb, W+pl+pr),
-    cols (C*KH*KW, N*OH*OW), tmp (O, N*OH*OW); w2 is (O, C/groups*KH*KW).
+    Scratch (from the wrapper): cols (C*KH*KW, N*OH*OW), tmp (O, N*OH*OW);
+    w2 is (O, C/groups*KH*KW).
     """
     n_images, channels, h, wd = x.shape
     n_out = w2.shape[0]
     oh, ow = out.shape[2], out.shape[3]
-    for n in range(n_images):
-        for c in range(channels):
-            for a in range(h):
-                xp[n, c, pt + a, pl:pl + wd] = x[n, c, a]
     for c in range(channels):
         for i in range(kh):
             for j in range(kw):
@@ -123,9 +122,11 @@ def _small(x, w2, b, xp, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl)
                 p = 0
                 for n in range(n_images):
                     for y in range(oh):
-                        src = xp[n, c, y * sh + i * dh]
+                        ih = y * sh - pt + i * dh
                         for q in range(ow):
-                            row[p + q] = src[q * sw + j * dw]
+                            iw = q * sw - pl + j * dw
+                            inside = 0 <= ih < h and 0 <= iw < wd
+                            row[p + q] = x[n, c, ih, iw] if inside else 0
                         p += ow
     og = n_out // groups
     rg = w2.shape[1]
@@ -174,6 +175,30 @@ def _unmerge(tmp, out, b, start):
         bias = b[o]
         for k in range(size):
             dst[k] = src[k] + bias
+
+
+@kernel
+def _pointwise_tasks(addr, w2, x3, out3, pieces):
+    """out3[n] = w2 @ x3[n], each image's columns in ``pieces`` tasks of single-threaded GEMMs."""
+    n, p = x3.shape[0], x3.shape[2]
+    for task in prange(n * pieces):
+        i = task // pieces
+        j = task - i * pieces
+        p0, p1 = j * p // pieces, (j + 1) * p // pieces
+        gemm(addr, w2, x3[i, :, p0:p1], out3[i, :, p0:p1], False, 0.0)
+
+
+def _pointwise(w2, x3, out3):
+    """out3[n] = w2 (O, C) @ x3[n] (C, P) for every image: one single-threaded GEMM per
+    task on numba's pool where a BLAS is callable from kernels, else one batched matmul."""
+    addr = _blas.address(out3.dtype)
+    if not addr:
+        np.matmul(w2, x3, out=out3)
+        return
+    threads = numba.get_num_threads()
+    pieces = min(x3.shape[2], -(-2 * threads // x3.shape[0]))  # >= two tasks a thread
+    with _blas.one_thread():
+        _pointwise_tasks(addr, w2, x3, out3, pieces, work=out3.size * w2.shape[1])
 
 
 def _gemm_path(x, w, b, result, geom, groups, has_bias):
@@ -325,16 +350,15 @@ def convolve_into(x, w, bias, geom, groups, result):
     macs = result.size * cg * kh * kw
     unpadded = g.pt == g.pb == g.pl == g.pr == 0
     if macs < _SMALL_MACS:
-        shape_p = (n, c, x.shape[2] + g.pt + g.pb, x.shape[3] + g.pl + g.pr)
         p = n * g.oh * g.ow
-        _small(x, w.reshape(o, -1), b, np.zeros(shape_p, dtype), np.empty((c * kh * kw, p), dtype),
-               np.empty((o, p), dtype), result, groups, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
-    elif cg == 1:
+        _small(x, w.reshape(o, -1), b, np.empty((c * kh * kw, p), dtype), np.empty((o, p), dtype),
+               result, groups, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
+    elif cg == 1 and np.isfinite(w).all():  # the direct kernel skips taps on zero padding
         _direct(x, w, b, result, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
                 _column_ranges(g, x.shape[3]), work=macs)
     elif groups == 1 and kh == kw == 1 and g.sh == g.sw == 1 and unpadded:
         out3 = result.reshape(n, o, -1)
-        np.matmul(w.reshape(o, c), x.reshape(n, c, -1), out=out3)
+        _pointwise(w.reshape(o, c), x.reshape(n, c, -1), out3)
         if has_bias:
             _add_bias(out3, b, work=result.size)
     elif groups == 1 and unpadded and (kh, kw) == x.shape[2:] and g.dh == g.dw == 1:
@@ -342,9 +366,10 @@ def convolve_into(x, w, bias, geom, groups, result):
         np.matmul(x.reshape(n, -1), w.reshape(o, -1).T, out=out2)
         if has_bias:
             out2 += b
-    elif groups == 1 and (kh, kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
-            and _winograd.worthwhile(n, c, o, g.oh, g.ow):
-        _winograd.conv2d_3x3(x, w, b, g, result)
     else:
-        _gemm_path(x, w, b, result, geom, groups, has_bias)
+        winograd = groups == 1 and (kh, kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
+            and _winograd.worthwhile(n, c, o, g.oh, g.ow)
+        # Winograd declines (None) inputs with NaN, Inf or huge values: they go the exact way
+        if not winograd or _winograd.conv2d_3x3(x, w, b, g, result) is None:
+            _gemm_path(x, w, b, result, geom, groups, has_bias)
     return result

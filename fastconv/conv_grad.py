@@ -186,7 +186,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
     go, w = contiguous(grad_out, dtype), contiguous(weight, dtype)
     g = geom
     transposed = _transposed_geometry(g, shape[2:])
-    if transposed is not None:
+    # the transposed convolution would multiply zero padding by a NaN or Inf weight
+    if transposed is not None and np.isfinite(w).all():
         return convolve_into(go, _transposed_weight(w, groups), None, transposed, groups, dx)
     macs = go.size * w.shape[1] * g.kh * g.kw
     if w.shape[1] == 1 or macs < _DIRECT_MACS:
@@ -247,12 +248,14 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     x, go = contiguous(x, dtype), contiguous(grad_out, dtype)
     g = geom
     macs = go.size * shape[1] * g.kh * g.kw
-    if shape[1] == 1 or macs < _DIRECT_MACS:
+    # the direct kernel skips zero padding, which a NaN or Inf in grad_out turns into NaN
+    if (shape[1] == 1 or macs < _DIRECT_MACS) and np.isfinite(go).all():
         _grad_weight_direct(x, go, dW, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
         return dW
     if groups == 1 and (g.kh, g.kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
-            and _winograd.grad_weight_worthwhile(n, c, o, g.oh, g.ow):
-        return _winograd.grad_weight_3x3(x, go, g, dW)
+            and _winograd.grad_weight_worthwhile(n, c, o, g.oh, g.ow) \
+            and _winograd.grad_weight_3x3(x, go, g, dW) is not None:
+        return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
     dW3 = dW.reshape(groups, og, rg)

@@ -1,11 +1,14 @@
 """The Winograd path of conv2d (3x3, stride 1, groups 1) and of its weight
 gradient against fastconv.reference."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from conftest import DTYPES, RTOL, assert_matches, random_array
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastconv as fc
-from fastconv import _winograd, reference
+from fastconv import _blas, _winograd, reference
 from fastconv._args import geometry
 
 VARIANTS = {"F2": _winograd.F2, "F4": _winograd.F4}
@@ -62,15 +65,108 @@ def test_without_bias(variant, rng):
     assert_matches(out, expected)
 
 
+@pytest.fixture(params=["fused", "matmul"])
+def schedule(request, monkeypatch):
+    """The fused schedule (BLAS called from the kernels), or the fallback where
+    no BLAS is callable from compiled code (NumPy matmuls between transforms)."""
+    if request.param == "matmul":
+        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
+    elif not _blas.address(np.float64):
+        pytest.skip("no BLAS callable from kernels here")
+    return request.param
+
+
 @pytest.mark.parametrize("run", [_run, _run_grad_weight], ids=["forward", "grad_weight"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_chunks_of_images_and_tile_rows(variant, run, monkeypatch, rng):
-    """Chunks of a few images, and bands of tile rows within one image (the weight
-    gradient sums dU over them)."""
+def test_blocks_of_images_and_tile_rows(variant, run, schedule, monkeypatch, rng):
+    """Blocks of a few images, bands of tile rows within one image, and single
+    tile rows (the weight gradient sums dU over them), on both schedules."""
+    monkeypatch.setattr(_winograd, "MIN_BLOCK_TILES", 1)
     for budget in (1, 20_000, 200_000):
+        monkeypatch.setattr(_winograd, "BLOCK_BYTES", budget)
         monkeypatch.setattr(_winograd, "CHUNK_BYTES", budget)
         result, expected = run(((3, 8, 23, 10), 6, 1), np.float64, VARIANTS[variant], rng)
         assert_matches(result, expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 14, 14), (8, 14, 14), (3, 7, 12), (5, 1, 9), (2, 30, 3)])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("budget", [1, 50_000, 1 << 30])
+def test_block_plan_covers_every_tile_once(shape, parts, budget):
+    """The blocks tile (images x tile rows) exactly once, fit the capacity, and
+    give every thread a share when there are at least as many tile rows as threads."""
+    n, th, tw = shape
+    capacity, blocks = _winograd._blocks(n, th, tw, 1000, budget, parts)
+    covered = np.zeros((n, th), int)
+    for n0, nb, a0, ta in blocks:
+        assert nb >= 1 and ta >= 1 and nb * ta * tw <= capacity
+        covered[n0:n0 + nb, a0:a0 + ta] += 1
+    assert (covered == 1).all()
+    if n * th >= parts:
+        assert len(blocks) >= parts
+
+
+def test_one_tile_and_blocks_across_images(monkeypatch, rng):
+    """A 2x2 output (one F(2x2) tile per image) and blocks that hold several images."""
+    monkeypatch.setattr(_winograd, "MIN_BLOCK_TILES", 3)
+    for case in (((5, 4, 4, 4), 3, 0), ((5, 4, 7, 5), 3, 1)):
+        result, expected = _run(case, np.float64, _winograd.F2, rng)
+        assert_matches(result, expected)
+
+
+def _blas_threads():
+    return [(info["filepath"], info["num_threads"]) for info in threadpool_info()
+            if info["user_api"] == "blas"]
+
+
+def test_blas_thread_counts_are_restored(rng):
+    """The BLAS libraries run at one thread inside the kernels, and the counts the
+    user set are back after every call, also after an exception-free nested use."""
+    x = random_array(rng, (2, 32, 20, 20), np.float32)
+    w = random_array(rng, (32, 32, 3, 3), np.float32)
+    with threadpool_limits(2, user_api="blas"):
+        before = _blas_threads()
+        y = fc.conv2d(x, w, padding=1)
+        fc.conv2d_grad_weight(x, y, w.shape, padding=1)
+        fc.conv2d(x, random_array(rng, (16, 32, 1, 1), np.float32))
+        assert _blas_threads() == before
+        with _blas.one_thread():
+            assert all(n == 1 for _, n in _blas_threads())
+            with _blas.one_thread():
+                pass
+            assert all(n == 1 for _, n in _blas_threads())
+        assert _blas_threads() == before
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    """Calls from several Python threads at once give each caller its own exact
+    result, and leave the BLAS thread counts as they were."""
+    xs = [random_array(rng, (2, 32, 16 + k, 18), np.float32) for k in range(6)]
+    w = random_array(rng, (32, 32, 3, 3), np.float32)
+    expected = [fc.conv2d(x, w, padding=1) for x in xs]
+    before = _blas_threads()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda x: fc.conv2d(x, w, padding=1), xs * 3))
+    for got, want in zip(results, expected * 3):
+        np.testing.assert_array_equal(got, want)
+    assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e37])
+def test_declines_values_it_could_not_transform_exactly(value, rng):
+    """NaN, Inf and values whose transforms could overflow are declined (None);
+    conv2d then takes an exact path that agrees with the reference."""
+    x = random_array(rng, (1, 32, 12, 12), np.float32)
+    w = 1e-3 * random_array(rng, (32, 32, 3, 3), np.float32)
+    x[0, 3, 5, 6] = value
+    g = geometry("test", x.shape[2:], (3, 3), 1, 1, 1)
+    assert _winograd.conv2d_3x3(x, w, np.zeros(32, np.float32), g, np.empty((1, 32, 12, 12), np.float32)) is None
+    y = fc.conv2d(x, w, padding=1)
+    expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert np.abs(y[finite] - expected[finite]).max() <= 1e-4 * np.abs(expected[finite]).max()
 
 
 @pytest.mark.parametrize("data", ["normal", "uniform"])

@@ -1,0 +1,122 @@
+"""Single-threaded BLAS matrix products called from inside numba kernels.
+
+Convolutions run each parallel task's GEMMs on the task's own core, between the
+numba transforms that feed them, so that one thread pool (numba's) owns the
+cores and each task's data stays in its cache. The GEMM is SciPy's BLAS
+(``scipy.linalg.cython_blas``, a stable C API) reached through its function
+address; the address is a run-time argument, so the kernels that call it stay
+cacheable. While such kernels run, :func:`one_thread` holds every loaded BLAS
+at one thread and then restores the thread counts the user had.
+
+Where SciPy or threadpoolctl is missing, or ``NUMBA_DISABLE_JIT`` is set,
+:func:`address` returns 0 and callers take their NumPy ``matmul`` path.
+"""
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+from llvmlite import ir
+from numba import config, types
+from numba.extending import intrinsic
+
+from ._config import serial_kernel
+
+_NAMES = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}
+_addresses = {}
+_controller = None
+_lock = threading.Lock()
+_depth = 0
+_limiter = None
+
+
+def address(dtype):
+    """The address of SciPy's ``?gemm`` for ``dtype`` (float32/float64), or 0
+    where no BLAS can be called from compiled code."""
+    dtype = np.dtype(dtype)
+    if dtype not in _addresses:
+        _addresses[dtype] = _find(dtype)
+    return _addresses[dtype]
+
+
+def _find(dtype):
+    global _controller
+    if config.DISABLE_JIT or dtype not in _NAMES:
+        return 0
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 - loads the BLAS the address points into
+        from numba.extending import get_cython_function_address
+        from threadpoolctl import ThreadpoolController
+        found = get_cython_function_address("scipy.linalg.cython_blas", _NAMES[dtype])
+        if _controller is None:
+            _controller = ThreadpoolController()
+    except (ImportError, ValueError):
+        return 0
+    return found
+
+
+@contextmanager
+def one_thread():
+    """Hold every BLAS library at one thread while in the block (re-entrant and
+    shared between Python threads); the outermost exit restores the user's counts."""
+    global _depth, _limiter
+    with _lock:
+        if _depth == 0 and _controller is not None:
+            _limiter = _controller.limit(limits=1, user_api="blas")
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _limiter is not None:
+                _limiter.restore_original_limits()
+                _limiter = None
+
+
+@intrinsic
+def _fortran_gemm(typingctx, addr, chars, ints, scalars, a, b, c):
+    """Call the Fortran ``?gemm`` at ``addr``: chars = (transa, transb),
+    ints = (m, n, k, lda, ldb, ldc), scalars = (alpha, beta), a, b, c arrays."""
+    sig = types.void(addr, chars, ints, scalars, a, b, c)
+
+    def codegen(context, builder, signature, args):
+        voidp = ir.IntType(8).as_pointer()
+
+        def data(i):
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        def element(i, k):
+            return builder.bitcast(builder.gep(data(i), [ir.Constant(ir.IntType(64), k)]), voidp)
+
+        fnty = ir.FunctionType(ir.VoidType(), [voidp] * 13)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(fn, [
+            element(1, 0), element(1, 1), element(2, 0), element(2, 1), element(2, 2),
+            element(3, 0), builder.bitcast(data(4), voidp), element(2, 3),
+            builder.bitcast(data(5), voidp), element(2, 4), element(3, 1),
+            builder.bitcast(data(6), voidp), element(2, 5),
+        ])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@serial_kernel
+def gemm(addr, a, b, c, transpose_b, beta):
+    """``c = a @ op(b) + beta * c`` for row-major 2-D arrays with unit column
+    stride: a (M, K), op(b) = b (K, N) or, with ``transpose_b``, b.T for b (N, K).
+
+    Row-major ``c = a @ b`` is column-major ``c.T = b.T @ a.T``: the Fortran call
+    takes b first."""
+    m, k = a.shape
+    n = c.shape[1]
+    size = a.itemsize
+    chars = np.empty(2, np.uint8)
+    chars[0] = 84 if transpose_b else 78  # 'T' / 'N'
+    chars[1] = 78
+    ints = np.empty(6, np.int32)
+    ints[0], ints[1], ints[2] = n, m, k
+    ints[3], ints[4], ints[5] = b.strides[0] // size, a.strides[0] // size, c.strides[0] // size
+    scalars = np.empty(2, c.dtype)
+    scalars[0], scalars[1] = 1, beta
+    _fortran_gemm(addr, chars, ints, scalars, b, a, c)
