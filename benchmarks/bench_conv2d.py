@@ -1,6 +1,5 @@
 """conv2d forward beside its einsum reference, the classic im2col loop recipe and
 torch.nn.functional.conv2d, over the named shapes of fastconv._workloads.CONV2D."""
-import numpy as np
 
 from .common import TIMER, best_time, require_torch, rng_arrays
 

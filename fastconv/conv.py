@@ -27,7 +27,14 @@ from numba import prange
 
 from . import _blas, _winograd, reference
 from ._args import (
-    as_array, check_bias, check_ndim, contiguous, conv_groups, geometry, output, uses_kernel,
+    as_array,
+    check_bias,
+    check_ndim,
+    contiguous,
+    conv_groups,
+    geometry,
+    output,
+    uses_kernel,
 )
 from ._blas import gemm
 from ._config import kernel, serial_kernel
@@ -56,7 +63,7 @@ def _direct(x, w, b, out, groups, sh, sw, dh, dw, pt, pl, ranges):
     """
     n_images, channels, h, wd = x.shape
     n_out, cg, kh, kw = w.shape
-    oh, ow = out.shape[2], out.shape[3]
+    oh = out.shape[2]
     og = n_out // groups
     for task in prange(n_images * n_out):
         n = task // n_out

@@ -3,7 +3,6 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_matches, layouts, random_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +10,7 @@ import fastconv as fc
 from fastconv import conv, reference
 
 from cases import CONV2D_CASES as CASES
+from conftest import DTYPES, assert_matches, layouts, random_array
 
 
 def _kwargs(case):
@@ -148,7 +148,8 @@ X, W = np.zeros((2, 4, 5, 5)), np.zeros((6, 4, 3, 3))
      r"conv2d: weight has 3 input channels per group but x has 4 channels \(groups=1\)"),
     (dict(weight=np.zeros((6, 4, 3, 3)), groups=2), ValueError,
      r"weight has 4 input channels per group but x has 4 channels \(groups=2\)"),
-    (dict(groups=3, weight=np.zeros((6, 1, 3, 3))), ValueError, "x has 4 channels, not divisible by groups=3"),
+    (dict(groups=3, weight=np.zeros((6, 1, 3, 3))), ValueError,
+     "x has 4 channels, not divisible by groups=3"),
     (dict(groups=4, weight=np.zeros((6, 1, 3, 3))), ValueError,
      "weight has 6 output channels, not divisible by groups=4"),
     (dict(groups=0), ValueError, "groups must be >= 1"),
@@ -166,8 +167,10 @@ X, W = np.zeros((2, 4, 5, 5)), np.zeros((6, 4, 3, 3))
     (dict(x=np.zeros((2, 4, 5, 5), dtype="M8[s]")), TypeError, "conv2d: x has dtype datetime64"),
     (dict(weight=np.full((6, 4, 3, 3), None)), TypeError, "conv2d: weight has dtype object"),
     (dict(bias=["a"] * 6), TypeError, "conv2d: bias has dtype <U1"),
-    (dict(out=np.zeros((2, 6, 5, 5))), ValueError, r"out has shape \(2, 6, 5, 5\) but the result has shape \(2, 6, 3, 3\)"),
-    (dict(out=np.zeros((2, 6, 3, 3), np.float32)), ValueError, "out has dtype float32 but the result has dtype float64"),
+    (dict(out=np.zeros((2, 6, 5, 5))), ValueError,
+     r"out has shape \(2, 6, 5, 5\) but the result has shape \(2, 6, 3, 3\)"),
+    (dict(out=np.zeros((2, 6, 3, 3), np.float32)), ValueError,
+     "out has dtype float32 but the result has dtype float64"),
     (dict(out=np.zeros((3, 3, 6, 2)).T), ValueError, "out must be C-contiguous"),
     (dict(out=np.zeros((2, 6, 3, 3)).tolist()), TypeError, "out must be a numpy.ndarray"),
 ])

@@ -2,12 +2,14 @@
 and the adjoint identities, over conv2d's case table."""
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_matches, central_difference, layouts, random_array, relative_error
-from hypothesis import assume, given, settings, strategies as st
-from cases import CONV2D_CASES as CASES
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import conv_grad, reference
+
+from cases import CONV2D_CASES as CASES
+from conftest import DTYPES, assert_matches, central_difference, layouts, random_array, relative_error
 
 NONEMPTY = [name for name in CASES if not name.startswith("empty")]
 
@@ -67,7 +69,10 @@ def test_finite_differences(name, rng):
     x, w = random_array(rng, (1, *x_shape[1:])), random_array(rng, w_shape)
     b = random_array(rng, (w_shape[0],))
     G = random_array(rng, fc.conv2d(x, w, b, **kw).shape)
-    loss = lambda: np.vdot(reference.conv2d(x, w, b, **kw), G)
+
+    def loss():
+        return np.vdot(reference.conv2d(x, w, b, **kw), G)
+
     for analytic, array in [(fc.conv2d_grad_input(G, w, x.shape, **kw), x),
                             (fc.conv2d_grad_weight(x, G, w.shape, **kw), w),
                             (fc.conv2d_grad_bias(G), b)]:
@@ -128,7 +133,8 @@ def test_bad_shape_arguments(shape):
 
 
 def test_wrong_ranks():
-    with pytest.raises(ValueError, match=r"conv2d_grad_weight: grad_out must be 4-D \(N, O, OH, OW\), got shape \(2, 3\)"):
+    message = r"conv2d_grad_weight: grad_out must be 4-D \(N, O, OH, OW\), got shape \(2, 3\)"
+    with pytest.raises(ValueError, match=message):
         fc.conv2d_grad_weight(np.ones((1, 4, 5, 5)), np.ones((2, 3)), (2, 4, 3, 3))
     with pytest.raises(ValueError, match=r"conv2d_grad_bias: grad_out must be 4-D"):
         fc.conv2d_grad_bias(np.ones(3))

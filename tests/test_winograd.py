@@ -4,12 +4,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import DTYPES, RTOL, assert_matches, random_array
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastconv as fc
 from fastconv import _blas, _winograd, reference
 from fastconv._args import geometry
+
+from conftest import DTYPES, RTOL, assert_matches, random_array
 
 VARIANTS = {"F2": _winograd.F2, "F4": _winograd.F4}
 
@@ -160,7 +161,8 @@ def test_declines_values_it_could_not_transform_exactly(value, rng):
     w = 1e-3 * random_array(rng, (32, 32, 3, 3), np.float32)
     x[0, 3, 5, 6] = value
     g = geometry("test", x.shape[2:], (3, 3), 1, 1, 1)
-    assert _winograd.conv2d_3x3(x, w, np.zeros(32, np.float32), g, np.empty((1, 32, 12, 12), np.float32)) is None
+    out = np.empty((1, 32, 12, 12), np.float32)
+    assert _winograd.conv2d_3x3(x, w, np.zeros(32, np.float32), g, out) is None
     y = fc.conv2d(x, w, padding=1)
     expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))

@@ -1,0 +1,80 @@
+"""Peer comparison the way asv measures: every (method, shape) in its own fresh
+process, numpy imported before fastconv, methods alternated over rounds, the
+best median per pair kept; prints torch time / fastconv time per shape.
+
+    python benchmarks/isolated.py conv2d float32 --rounds 2
+    python benchmarks/isolated.py conv2d_backward float32 --shapes resnet_56_n1,resnet_28_n8
+
+Run it on a quiet machine (benchmark with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+unset where they are set: they slow a current numpy).
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+_CHILD = """
+import sys, time, json
+import numpy as np
+sys.path.insert(0, {root!r})
+kind, shape, method, dtype = {args!r}
+if kind == "conv2d":
+    from benchmarks.bench_conv2d import _setup
+    run, _ = _setup(shape, method, dtype)
+else:
+    from benchmarks.bench_conv_grad import Conv2dBackward
+    bench = Conv2dBackward()
+    bench.setup(shape, method, dtype)
+    run = bench.run
+run(); run()
+times, stop = [], time.perf_counter() + 3.0
+while len(times) < 30 and (time.perf_counter() < stop or len(times) < 5):
+    start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
+print(json.dumps(float(np.median(times))))
+"""
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from benchmarks.bench_conv2d import CONV2D
+    from benchmarks.bench_conv_grad import CONV2D_BACKWARD
+
+    shapes = {"conv2d": CONV2D, "conv2d_backward": CONV2D_BACKWARD}
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=sorted(shapes), help="the operation")
+    parser.add_argument("dtype", choices=["float32", "float64"], help="the dtype")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: all)")
+    parser.add_argument("--methods", default="fastconv,torch", help="default: fastconv,torch")
+    opts = parser.parse_args()
+    names = opts.shapes.split(",") if opts.shapes else list(shapes[opts.kind])
+    methods = opts.methods.split(",")
+    best = {}
+    for r in range(opts.rounds):
+        for name in names:
+            for method in methods if r % 2 == 0 else methods[::-1]:
+                code = _CHILD.format(root=root, args=(opts.kind, name, method, opts.dtype))
+                done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                if done.returncode:
+                    print(f"{name} {method}: skipped ({done.stderr.strip().splitlines()[-1]})")
+                    continue
+                best[name, method] = min(best.get((name, method), math.inf), json.loads(done.stdout))
+    ratios = []
+    for name in names:
+        times = {m: best[name, m] for m in methods if (name, m) in best}
+        line = "  ".join(f"{m} {1e3 * t:.3f} ms" for m, t in times.items())
+        if "fastconv" in times and "torch" in times:
+            ratios.append(times["torch"] / times["fastconv"])
+            line += f"  torch/fastconv {ratios[-1]:.2f}x"
+        print(f"{name:14s} {line}")
+    if ratios:
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        print(f"geomean {geomean:.2f}x, min {min(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
