@@ -40,7 +40,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _blas
+from . import _blas, _workspace
 from ._blas import gemm
 from ._config import kernel, serial_kernel
 
@@ -391,13 +391,12 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
                 gemm(addr, dm[xi], v[xi], du[t, xi], True, 1.0)
 
 
-def weight_transform(w, variant):
-    """U[xi, o, c] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, shape
+def weight_transform(w, variant, u):
+    """U[xi, o, c] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
     ``(alpha**2, O, C)`` in ``w.dtype``, for a C-contiguous w (O, C, 3, 3): one
     GEMM with kron(G, G). Recomputed on every call: weights are often updated
     in place."""
     o, c = w.shape[:2]
-    u = np.empty((variant.alpha ** 2, o, c), w.dtype)
     np.matmul(variant.gg.astype(w.dtype), w.reshape(o * c, 9).T, out=u.reshape(-1, o * c))
     return u
 
@@ -495,34 +494,32 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     limit = dtype.type(_input_limit(variant, c, wmax, dtype))
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
-    per_tile = alpha * alpha * (c + o) * dtype.itemsize
+    xi = alpha * alpha
+    per_tile = xi * (c + o) * dtype.itemsize
     addr = _blas.address(dtype)
-    if addr:
-        threads = numba.get_num_threads()
-        capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES, threads)
-        vbuf = np.empty((threads, alpha * alpha * c * capacity), dtype)
-        mbuf = np.empty((threads, alpha * alpha * o * capacity), dtype)
-        inside = np.ones(threads, np.bool_)
-        # the weight transform too: a multi-threaded GEMM would leave BLAS workers spinning
-        with _blas.one_thread():
-            u = weight_transform(w, variant)
-            _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, addr, vbuf, mbuf,
-                           limit, inside, work=out.size * c)
-        return out if inside.all() else None
-    u = weight_transform(w, variant)
-    capacity, blocks = _blocks(n, th, tw, per_tile, CHUNK_BYTES, 1)
-    vbuf = np.empty(alpha * alpha * c * capacity, dtype)
-    mbuf = np.empty(alpha * alpha * o * capacity, dtype)
-    inside = np.ones(-(-c // GROUP), np.bool_)
-    for n0, nb, a0, ta in blocks:
-        t = nb * ta * tw
-        v = vbuf[:alpha * alpha * c * t].reshape(alpha * alpha, c, t)
-        mm = mbuf[:alpha * alpha * o * t].reshape(alpha * alpha, o, t)
-        _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside, work=v.size)
-        if not inside.all():
-            return None
-        np.matmul(u, v, out=mm)
-        _output_transform(mm, at, b, out, n0, a0, ta, tw, work=mm.size)
+    threads = numba.get_num_threads() if addr else 1
+    capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES if addr else CHUNK_BYTES, threads)
+    with _workspace.scratch(dtype, (xi, o, c), (threads, xi * c * capacity),
+                            (threads, xi * o * capacity)) as (u, vbuf, mbuf):
+        if addr:
+            inside = np.ones(threads, np.bool_)
+            # the weight transform too: a multi-threaded GEMM would leave BLAS workers spinning
+            with _blas.one_thread():
+                weight_transform(w, variant, u)
+                _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
+                               mbuf, limit, inside, work=out.size * c)
+            return out if inside.all() else None
+        weight_transform(w, variant, u)
+        inside = np.ones(-(-c // GROUP), np.bool_)
+        for n0, nb, a0, ta in blocks:
+            t = nb * ta * tw
+            v = vbuf[0, :xi * c * t].reshape(xi, c, t)
+            mm = mbuf[0, :xi * o * t].reshape(xi, o, t)
+            _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside, work=v.size)
+            if not inside.all():
+                return None
+            np.matmul(u, v, out=mm)
+            _output_transform(mm, at, b, out, n0, a0, ta, tw, work=mm.size)
     return out
 
 
@@ -553,37 +550,34 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
     per_tile = xi * (c + o) * dtype.itemsize
     addr = _blas.address(dtype)
-    if addr:
-        threads = numba.get_num_threads()
-        capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES, threads)
-        vbuf = np.empty((threads, xi * c * capacity), dtype)
-        mbuf = np.empty((threads, xi * o * capacity), dtype)
-        partials = np.zeros((threads, xi, o, c), dtype)
-        inside = np.ones(threads, np.bool_)
-        with _blas.one_thread():
-            _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf, mbuf,
-                               partials, limit, inside, work=grad_out.size * c)
-            if inside.all():
-                _weight_transform_adjoint(partials.sum(axis=0), variant, dw)
-        return dw if inside.all() else None
-    capacity, blocks = _blocks(n, th, tw, per_tile, CHUNK_BYTES, 1)
-    vbuf = np.empty(xi * c * capacity, dtype)
-    mbuf = np.empty(xi * o * capacity, dtype)
-    groups = -(-c // GROUP)
-    inside = np.ones(groups + -(-o // GROUP), np.bool_)
-    du = np.zeros((xi, o, c), dtype)
-    for n0, nb, a0, ta in blocks:
-        t = nb * ta * tw
-        v = vbuf[:xi * c * t].reshape(xi, c, t)
-        dm = mbuf[:xi * o * t].reshape(xi, o, t)
-        _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside[:groups],
-                         work=v.size)
-        _input_transform(grad_out, a, m, 0, 0, n0, a0, ta, tw, dm, limit, inside[groups:],
-                         work=dm.size)
-        if not inside.all():
-            return None
-        du += dm @ v.transpose(0, 2, 1)
-    _weight_transform_adjoint(du, variant, dw)
+    threads = numba.get_num_threads() if addr else 1
+    capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES if addr else CHUNK_BYTES, threads)
+    with _workspace.scratch(dtype, (threads, xi, o, c), (threads, xi * c * capacity),
+                            (threads, xi * o * capacity)) as (partials, vbuf, mbuf):
+        partials[...] = 0
+        if addr:
+            inside = np.ones(threads, np.bool_)
+            with _blas.one_thread():
+                _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
+                                   mbuf, partials, limit, inside, work=grad_out.size * c)
+                if inside.all():
+                    _weight_transform_adjoint(partials.sum(axis=0), variant, dw)
+            return dw if inside.all() else None
+        groups = -(-c // GROUP)
+        inside = np.ones(groups + -(-o // GROUP), np.bool_)
+        du = partials[0]
+        for n0, nb, a0, ta in blocks:
+            t = nb * ta * tw
+            v = vbuf[0, :xi * c * t].reshape(xi, c, t)
+            dm = mbuf[0, :xi * o * t].reshape(xi, o, t)
+            _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside[:groups],
+                             work=v.size)
+            _input_transform(grad_out, a, m, 0, 0, n0, a0, ta, tw, dm, limit, inside[groups:],
+                             work=dm.size)
+            if not inside.all():
+                return None
+            du += dm @ v.transpose(0, 2, 1)
+        _weight_transform_adjoint(du, variant, dw)
     return dw
 
 

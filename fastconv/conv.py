@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _blas, _winograd, reference
+from . import _blas, _winograd, _workspace, reference
 from ._args import (
     as_array,
     check_bias,
@@ -47,8 +47,6 @@ _SMALL_MACS = 1 << 18
 #: Output planes up to this many pixels take the merged im2col + GEMM (one wide
 #: GEMM over a chunk of images); larger ones the per-image stacked form.
 _MERGE_PLANE = 4096
-#: Merged form: size of one chunk's column + GEMM-result buffers (bytes).
-_CHUNK_BYTES = 8 << 20
 #: Stacked form: size of one chunk's column buffer (bytes), L2/L3 resident between
 #: im2col and GEMM (measured on the 7x7 stride-2 stem: 2-4 MB beat 8 MB).
 _BAND_BYTES = 4 << 20
@@ -223,20 +221,19 @@ def _gemm_merged(x, w, b, result, geom, groups):
     o = w.shape[0]
     rows, ohw = c * geom.kh * geom.kw, geom.oh * geom.ow
     og, rg = o // groups, rows // groups
-    chunk = max(1, min(n, _CHUNK_BYTES // ((rows + o) * ohw * x.itemsize)))
-    cols_buffer = np.empty(rows * chunk * ohw, x.dtype)
-    tmp_buffer = np.empty(o * chunk * ohw, x.dtype)
+    chunk = max(1, min(n, _workspace.CHUNK_BYTES // ((rows + o) * ohw * x.itemsize)))
     w2 = w.reshape(o, rg)
     out3 = result.reshape(n, o, ohw)
-    for start in range(0, n, chunk):
-        width = (min(n, start + chunk) - start) * ohw
-        cols = im2col_into(x[start:start + width // ohw], geom,
-                           cols_buffer[:rows * width].reshape(rows, width))
-        tmp = tmp_buffer[:o * width].reshape(o, width)
-        for g in range(groups):  # (P, Rg) @ (Rg, Og) ran faster here than (Og, Rg) @ (Rg, P)
-            np.matmul(cols[g * rg:(g + 1) * rg].T, w2[g * og:(g + 1) * og].T,
-                      out=tmp[g * og:(g + 1) * og].T)
-        _unmerge(tmp, out3, b, start, work=tmp.size)
+    with _workspace.scratch(x.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as (cols_buffer, tmp_buffer):
+        for start in range(0, n, chunk):
+            width = (min(n, start + chunk) - start) * ohw
+            cols = im2col_into(x[start:start + width // ohw], geom,
+                               cols_buffer[:rows * width].reshape(rows, width))
+            tmp = tmp_buffer[:o * width].reshape(o, width)
+            for g in range(groups):  # (P, Rg) @ (Rg, Og) ran faster here than (Og, Rg) @ (Rg, P)
+                np.matmul(cols[g * rg:(g + 1) * rg].T, w2[g * og:(g + 1) * og].T,
+                          out=tmp[g * og:(g + 1) * og].T)
+            _unmerge(tmp, out3, b, start, work=tmp.size)
 
 
 def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
@@ -256,12 +253,21 @@ def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
         chunk, band = min(n, _BAND_BYTES // (row_bytes * geom.oh)), geom.oh
     else:
         chunk, band = 1, max(1, _BAND_BYTES // row_bytes)
-    cols = np.empty(chunk * stride * band * ow, x.dtype)
     w2 = w.reshape(groups, o // groups, rows // groups)
     if fold_bias:
         w2 = np.concatenate([w2[0], b[:, None]], axis=1)[None]
     out3 = result.reshape(n, o, geom.oh * ow)
-    og, rg = o // groups, rows // groups
+    with _workspace.scratch(x.dtype, (chunk * stride * band * ow,)) as (cols,):
+        _stacked_chunks(x, w2, out3, cols, geom, groups, chunk, band, stride, fold_bias)
+    if has_bias and not fold_bias:
+        _add_bias(out3, b, work=out3.size)
+
+
+def _stacked_chunks(x, w2, out3, cols, geom, groups, chunk, band, stride, fold_bias):
+    """The chunks of :func:`_gemm_stacked`, their columns in ``cols``."""
+    n, ow = x.shape[0], geom.ow
+    rows = stride - fold_bias
+    og, rg = w2.shape[1], rows // groups
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         for y0 in range(0, geom.oh, band):
@@ -276,8 +282,6 @@ def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
             else:
                 for g in range(groups):
                     np.matmul(w2[g], buf[:, g * rg:(g + 1) * rg], out=dst[:, g * og:(g + 1) * og])
-    if has_bias and not fold_bias:
-        _add_bias(out3, b, work=out3.size)
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, out=None):

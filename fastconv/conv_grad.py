@@ -16,7 +16,7 @@
 import numpy as np
 from numba import prange
 
-from . import _winograd, reference
+from . import _winograd, _workspace, reference
 from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
 from ._args import input_shape as shape_argument
 from ._config import kernel
@@ -25,8 +25,6 @@ from .im2col import col2im_into, im2col_into
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 
-#: Column-buffer budget per chunk of images (stays in L2/L3 between im2col and GEMM).
-_CHUNK_BYTES = 8 << 20
 #: Below this many multiply-adds the direct kernels beat im2col + GEMM.
 _DIRECT_MACS = 1 << 16
 
@@ -122,19 +120,19 @@ def _images_side_by_side(grad_out, buffer):
 
 
 def _image_chunks(grad_out, rows):
-    """Chunks of images whose columns and side-by-side gradients fit _CHUNK_BYTES:
+    """Chunks of images whose columns and side-by-side gradients fit the chunk budget:
     yields ``(images, cols, grads)`` with ``images`` a slice of the batch, ``cols``
     an empty (rows, n*OH*OW) view and ``grads`` the chunk's grad_out as (O, n*OH*OW)."""
     n, o = grad_out.shape[:2]
     ohw = grad_out.shape[2] * grad_out.shape[3]
-    chunk = max(1, min(n, _CHUNK_BYTES // max((rows + o) * ohw * grad_out.itemsize, 1)))
-    cols_buffer = np.empty(rows * chunk * ohw, grad_out.dtype)
-    grad_buffer = np.empty(o * chunk * ohw, grad_out.dtype)
-    for start in range(0, n, chunk):
-        images = slice(start, min(n, start + chunk))
-        width = (images.stop - start) * ohw
-        yield (images, cols_buffer[:rows * width].reshape(rows, width),
-               _images_side_by_side(grad_out[images], grad_buffer))
+    chunk = max(1, min(n, _workspace.CHUNK_BYTES // max((rows + o) * ohw * grad_out.itemsize, 1)))
+    with _workspace.scratch(grad_out.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as buffers:
+        cols_buffer, grad_buffer = buffers
+        for start in range(0, n, chunk):
+            images = slice(start, min(n, start + chunk))
+            width = (images.stop - start) * ohw
+            yield (images, cols_buffer[:rows * width].reshape(rows, width),
+                   _images_side_by_side(grad_out[images], grad_buffer))
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1):

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv import conv_grad, reference
+from fastconv import _workspace, reference
 
 from cases import CONV2D_CASES as CASES
 from conftest import DTYPES, assert_matches, central_difference, layouts, random_array, relative_error
@@ -36,7 +36,7 @@ def test_grads_match_reference(name, dtype, rng):
 @pytest.mark.parametrize("name", ["gemm_pairs", "gemm_groups_big", "stem_small", "gemm_1x1_strided"])
 def test_grads_in_one_image_chunks(name, rng, monkeypatch):
     """The GEMM + col2im / im2col + GEMM paths over several chunks of images."""
-    monkeypatch.setattr(conv_grad, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_workspace, "CHUNK_BYTES", 1)
     x, w, grad_out, kw = _setup(rng, name, np.float64)
     assert_matches(fc.conv2d_grad_input(grad_out, w, x.shape, **kw),
                    reference.conv2d_grad_input(grad_out, w, x.shape, **kw))

@@ -242,3 +242,18 @@ def test_a_positional_stride_is_explained():
         fc.conv2d(x, w, 2)
     with pytest.raises(ValueError, match=r"got \(3,\)$"):
         fc.conv2d(x, w, np.ones(3))
+
+
+def test_scratch_is_bounded_and_never_shared_by_two_holders():
+    """Kernel scratch: arrays carved from one buffer don't overlap, a nested or
+    concurrent holder gets memory of its own, and what is kept stays under LIMIT."""
+    from fastconv import _workspace
+
+    with _workspace.scratch(np.float32, (10,), (3, 4)) as (a, b):
+        assert a.shape == (10,) and b.shape == (3, 4) and b.flags.c_contiguous
+        assert not np.shares_memory(a, b)
+        with _workspace.scratch(np.float32, (5,)) as (c,):
+            assert not np.shares_memory(c, a) and not np.shares_memory(c, b)
+    with _workspace.scratch(np.float32, (_workspace.LIMIT // 4 + 1,)):
+        pass
+    assert all(buffer.nbytes <= _workspace.LIMIT for buffer in _workspace._kept.values())

