@@ -416,9 +416,13 @@ def _tiles(n, oh, ow, m):
 
 
 def worthwhile(n, c, o, oh, ow):
-    """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape (measured:
-    the transforms cost a fixed overhead per channel, so they need enough tiles)."""
-    return min(c, o) >= 32 and _tiles(n, oh, ow, 2) >= 64
+    """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape. The
+    transforms cost a fixed overhead per channel and every block of tiles reads
+    all of U, so each thread needs enough tiles (measured, F(2x2) tiles per
+    thread: (4, 256, 14, 14) with 98 ran 1.3x slower than im2col + GEMM,
+    (4, 512, 7, 7) with 32 1.7x slower, (2, 128, 28, 28) with 196 1.15x faster)."""
+    per_thread = _tiles(n, oh, ow, 2) / numba.get_num_threads()
+    return min(c, o) >= 32 and per_thread >= max(48, max(c, o) / 2)
 
 
 def grad_weight_worthwhile(n, c, o, oh, ow):
