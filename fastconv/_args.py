@@ -121,6 +121,11 @@ class Geometry(NamedTuple):
     oh: int
     ow: int
 
+    @property
+    def taps(self):
+        """(kh, kw, sh, sw, dh, dw, pt, pl): where each kernel tap reads, as kernels take it."""
+        return self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl
+
 
 def geometry(func, input_hw, kernel_size, stride, padding, dilation):
     """Validate the window arguments against an input plane and size the output."""

@@ -38,7 +38,7 @@ from ._args import (
 )
 from ._blas import gemm
 from ._config import kernel, serial_kernel
-from .im2col import im2col_into, im2col_stacked_into
+from .im2col import im2col_into, im2col_serial, im2col_stacked_into
 
 __all__ = ["conv2d"]
 
@@ -214,9 +214,39 @@ def _gemm_path(x, w, b, result, geom, groups, has_bias):
         _gemm_stacked(x, w, b, result, geom, groups, has_bias)
 
 
+@kernel
+def _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+    """:func:`_gemm_merged` with one task per thread: its images, ``chunk`` at a
+    time, im2col'd side by side into ``cols[t]``, single-threaded GEMMs into
+    ``tmp[t]``, then copied into NCHW with the bias."""
+    threads, n = cols.shape[0], x.shape[0]
+    o, rg = w2.shape
+    og, rows, p = o // groups, rg * groups, oh * ow
+    for t in prange(threads):
+        stop = (t + 1) * n // threads
+        for i0 in range(t * n // threads, stop, chunk):
+            i1 = min(i0 + chunk, stop)
+            width = (i1 - i0) * p
+            c = cols[t, :rows * width].reshape((rows, width))
+            m = tmp[t, :o * width].reshape((o, width))
+            im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
+                          kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
+            for g in range(groups):
+                gemm(addr, w2[g * og:(g + 1) * og], c[g * rg:(g + 1) * rg], m[g * og:(g + 1) * og],
+                     False, 0.0)
+            for k in range(o):
+                bias, row = b[k], m[k]
+                for i in range(i0, i1):
+                    dst, src = out3[i, k], row[(i - i0) * p:(i - i0 + 1) * p]
+                    for q in range(p):
+                        dst[q] = src[q] + bias
+
+
 def _gemm_merged(x, w, b, result, geom, groups):
     """Columns of a chunk of images side by side (public layout), one GEMM per group
-    into a (O, chunk*OH*OW) buffer, then a copy into NCHW that adds the bias."""
+    into a (O, chunk*OH*OW) buffer, then a copy into NCHW that adds the bias: as one
+    task per thread where a BLAS is callable from kernels and every thread has an
+    image, else chunk by chunk between parallel kernels."""
     n, c = x.shape[:2]
     o = w.shape[0]
     rows, ohw = c * geom.kh * geom.kw, geom.oh * geom.ow
@@ -224,6 +254,14 @@ def _gemm_merged(x, w, b, result, geom, groups):
     chunk = max(1, min(n, _workspace.CHUNK_BYTES // ((rows + o) * ohw * x.itemsize)))
     w2 = w.reshape(o, rg)
     out3 = result.reshape(n, o, ohw)
+    addr, threads = _blas.address(x.dtype), numba.get_num_threads()
+    if addr and n >= threads:
+        chunk = min(chunk, -(-n // threads))
+        with _workspace.scratch(x.dtype, (threads, rows * chunk * ohw), (threads, o * chunk * ohw)) \
+                as (cols, tmp), _blas.one_thread():
+            _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, *geom.taps, geom.oh, geom.ow,
+                          work=result.size * rg)
+        return
     with _workspace.scratch(x.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as (cols_buffer, tmp_buffer):
         for start in range(0, n, chunk):
             width = (min(n, start + chunk) - start) * ohw

@@ -114,14 +114,14 @@ def _col2im(cols, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl,
                         of[dst + q * step] += cf[src + q]
 
 
+#: The kernels' serial builds, for convolution tasks that run im2col or col2im on
+#: their own images inside a parallel loop (package-internal).
+im2col_serial, col2im_serial = _im2col.serial, _col2im.serial
+
+
 def _window(geom):
     g = geom
     return g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow
-
-
-def _tap_window(geom):
-    g = geom
-    return g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl
 
 
 def im2col_into(x, geom, out):
@@ -133,7 +133,7 @@ def im2col_into(x, geom, out):
     n, c = x.shape[:2]
     rows = c * geom.kh * geom.kw
     if out.size:
-        _im2col(x, out.reshape(rows * n, geom.oh * geom.ow), n, 1, *_tap_window(geom), 0, geom.oh,
+        _im2col(x, out.reshape(rows * n, geom.oh * geom.ow), n, 1, *geom.taps, 0, geom.oh,
                 geom.ow, work=out.size)
     return out
 
@@ -150,7 +150,7 @@ def im2col_stacked_into(x, geom, out, y0=0, y1=None):
     y1 = geom.oh if y1 is None else y1
     stride, width = out.shape[1], (y1 - y0) * geom.ow
     if out.size and c:
-        _im2col(x, out.reshape(n * stride, width), 1, stride, *_tap_window(geom), y0, y1,
+        _im2col(x, out.reshape(n * stride, width), 1, stride, *geom.taps, y0, y1,
                 geom.ow, work=n * c * geom.kh * geom.kw * width)
     return out
 
