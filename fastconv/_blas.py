@@ -104,16 +104,26 @@ def _fortran_gemm(typingctx, addr, chars, ints, scalars, a, b, c):
 @serial_kernel
 def gemm(addr, a, b, c, transpose_b, beta):
     """``c = a @ op(b) + beta * c`` for row-major 2-D arrays with unit column
-    stride: a (M, K), op(b) = b (K, N) or, with ``transpose_b``, b.T for b (N, K).
+    stride: a (M, K), op(b) = b (K, N) or, with ``transpose_b``, b.T for b (N, K)."""
+    _gemm(addr, a, b, c, False, transpose_b, beta)
 
-    Row-major ``c = a @ b`` is column-major ``c.T = b.T @ a.T``: the Fortran call
-    takes b first."""
-    m, k = a.shape
-    n = c.shape[1]
+
+@serial_kernel
+def gemm_at(addr, a, b, c, beta):
+    """``c = a.T @ b + beta * c`` for a (K, M) and b (K, N), as :func:`gemm`."""
+    _gemm(addr, a, b, c, True, False, beta)
+
+
+@serial_kernel
+def _gemm(addr, a, b, c, transpose_a, transpose_b, beta):
+    """Row-major ``c = op(a) @ op(b) + beta * c`` is column-major
+    ``c.T = op(b).T @ op(a).T``: the Fortran call takes b first."""
+    m, n = c.shape
+    k = a.shape[0] if transpose_a else a.shape[1]
     size = a.itemsize
     chars = np.empty(2, np.uint8)
     chars[0] = 84 if transpose_b else 78  # 'T' / 'N'
-    chars[1] = 78
+    chars[1] = 84 if transpose_a else 78
     ints = np.empty(6, np.int32)
     ints[0], ints[1], ints[2] = n, m, k
     ints[3], ints[4], ints[5] = b.strides[0] // size, a.strides[0] // size, c.strides[0] // size

@@ -13,15 +13,17 @@
 * Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
   direct loop kernels (one task per output plane, no shared writes).
 """
+import numba
 import numpy as np
 from numba import prange
 
-from . import _winograd, _workspace, reference
+from . import _blas, _winograd, _workspace, reference
 from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
 from ._args import input_shape as shape_argument
-from ._config import kernel
+from ._blas import gemm, gemm_at
+from ._config import kernel, serial_kernel
 from .conv import convolve_into
-from .im2col import col2im_into, im2col_into
+from .im2col import col2im_into, col2im_serial, im2col_into, im2col_serial
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 
@@ -82,6 +84,75 @@ def _grad_weight_direct(x, grad_out, dw_out, groups, sh, sw, dh, dw, pt, pl):
                                     if 0 <= iw < width:
                                         total += src[y, q] * plane[ih, iw]
                     dw_out[o, ci, i, j] = total
+
+
+@serial_kernel
+def _side_by_side(go, i0, i1, grads):
+    """grads[o, (i - i0)*P + p] = grad_out[i, o, p] for i0 <= i < i1: the images'
+    gradients in the column layout of :func:`fastconv.im2col`."""
+    o, p = go.shape[1], go.shape[2] * go.shape[3]
+    for i in range(i0, i1):
+        plane = go[i].reshape((o, p))
+        for k in range(o):
+            grads[k, (i - i0) * p:(i - i0 + 1) * p] = plane[k]
+
+
+@kernel
+def _grad_weight_tasks(addr, x, go, partials, cols, grads, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl):
+    """partials[t] += grads @ cols^T per group over thread t's images, ``chunk``
+    at a time side by side: their im2col columns in ``cols[t]`` (R, chunk*P) and
+    their gradients in ``grads[t]`` (O, chunk*P), both flat."""
+    threads, n = partials.shape[0], x.shape[0]
+    o, rg = partials.shape[1], partials.shape[2]
+    oh, ow = go.shape[2], go.shape[3]
+    og, rows, p = o // groups, rg * groups, oh * ow
+    for t in prange(threads):
+        stop = (t + 1) * n // threads
+        for i0 in range(t * n // threads, stop, chunk):
+            i1 = min(i0 + chunk, stop)
+            width = (i1 - i0) * p
+            c = cols[t, :rows * width].reshape((rows, width))
+            g2 = grads[t, :o * width].reshape((o, width))
+            im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
+                          kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
+            _side_by_side(go, i0, i1, g2)
+            for g in range(groups):
+                gemm(addr, g2[g * og:(g + 1) * og], c[g * rg:(g + 1) * rg],
+                     partials[t, g * og:(g + 1) * og], True, 1.0)
+
+
+@kernel
+def _grad_input_tasks(addr, go, w2, dx, cols, grads, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl):
+    """dx[i] = col2im(W^T grad_out[i]) per group over thread t's images, ``chunk``
+    at a time side by side, as in :func:`_grad_weight_tasks`."""
+    threads, n = cols.shape[0], dx.shape[0]
+    o, rg = w2.shape
+    oh, ow = go.shape[2], go.shape[3]
+    og, rows, p = o // groups, rg * groups, oh * ow
+    for t in prange(threads):
+        stop = (t + 1) * n // threads
+        for i0 in range(t * n // threads, stop, chunk):
+            i1 = min(i0 + chunk, stop)
+            width = (i1 - i0) * p
+            c = cols[t, :rows * width].reshape((rows, width))
+            g2 = grads[t, :o * width].reshape((o, width))
+            _side_by_side(go, i0, i1, g2)
+            for g in range(groups):
+                gemm_at(addr, w2[g * og:(g + 1) * og], g2[g * og:(g + 1) * og],
+                        c[g * rg:(g + 1) * rg], 0.0)
+            col2im_serial(c.reshape((rows * (i1 - i0), p)), dx[i0:i1], i1 - i0, 1,
+                          kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+
+
+def _image_tasks(n, rows, o, p, dtype):
+    """(BLAS address, threads, images per chunk) for one task per thread over
+    chunks of its images, or None where no BLAS is callable from kernels or some
+    thread would have no image."""
+    addr, threads = _blas.address(dtype), numba.get_num_threads()
+    if not addr or n < threads:
+        return None
+    per_image = (rows + o) * p * np.dtype(dtype).itemsize
+    return addr, threads, max(1, min(-(-n // threads), _workspace.CHUNK_BYTES // per_image))
 
 
 def _transposed_geometry(geom, input_hw):
@@ -193,6 +264,15 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
         return dx
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
+    tasks = _image_tasks(n, rows, o, g.oh * g.ow, dtype)
+    if tasks:
+        addr, threads, chunk = tasks
+        width = chunk * g.oh * g.ow
+        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width)) as (cols, grads), \
+                _blas.one_thread():
+            _grad_input_tasks(addr, go, w.reshape(o, rg), dx, cols, grads, chunk, groups, *g.taps,
+                              work=macs)
+        return dx
     w3 = w.reshape(groups, og, rg)
     for images, cols, grads in _image_chunks(go, rows):
         for k in range(groups):  # colsᵀ = gradsᵀ · W_k: (P, Og) @ (Og, Rg), P = images*OH*OW
@@ -256,6 +336,16 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
         return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
+    tasks = _image_tasks(n, rows, o, g.oh * g.ow, dtype)
+    if tasks:
+        addr, threads, chunk = tasks
+        width = chunk * g.oh * g.ow
+        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width),
+                                (threads, o, rg)) as (cols, grads, partials), _blas.one_thread():
+            partials[...] = 0
+            _grad_weight_tasks(addr, x, go, partials, cols, grads, chunk, groups, *g.taps, work=macs)
+            np.sum(partials, axis=0, out=dW.reshape(o, rg))
+        return dW
     dW3 = dW.reshape(groups, og, rg)
     for images, cols, grads in _image_chunks(go, rows):
         im2col_into(x[images], geom, cols)
