@@ -137,7 +137,7 @@ class SoftmaxBackward:
 
 class SoftmaxBackwardJacobian:
     """The Jacobian reference timed on JACOBIAN_ROWS rows, scaled to the full batch,
-    and its ratio to fastconv on the full batch (the issue asks for >= 1000x)."""
+    and its ratio to fastconv on the full batch."""
     params = [list(SOFTMAX)]
     param_names = ["shape"]
     timer = TIMER

@@ -1,5 +1,6 @@
-"""``python -m fastconv``: every implemented operation on the seeds' workloads,
-beside its einsum reference and its peers, checked for agreement and timed."""
+"""``python -m fastconv``: every operation on its named workloads
+(:mod:`fastconv._workloads`), beside its einsum reference and its peers,
+checked for agreement and timed."""
 import argparse
 import sys
 import time

@@ -1,4 +1,4 @@
-"""The from-scratch code of the seeds, as people write it today: what fastconv
+"""The from-scratch code people write today, with loops and einsum: what fastconv
 replaces. Shared by the tests (exact layout checks) and the benchmarks (as peers)."""
 import itertools
 
@@ -11,7 +11,7 @@ def outer_hadamard_iter(A, B):
 
 
 def im2col_loop(X, k, s, p):
-    """The classic loop im2col (issue 3): columns ``(C*k*k, batch*out_h*out_w)``."""
+    """The classic loop im2col: columns ``(C*k*k, batch*out_h*out_w)``."""
     batch, channels, h, w = X.shape
     out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     padded_X = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)))

@@ -1,5 +1,7 @@
-"""Named workloads from the seeds and the issues, shared by the benchmarks,
-``python -m fastconv`` and the tests, so all three speak of the same shapes."""
+"""Named workloads, shared by the benchmarks, ``python -m fastconv`` and the
+tests, so all three speak of the same shapes. ``seed_*`` are the sizes of the
+from-scratch code fastconv replaces (:mod:`fastconv._seeds`); the others are
+layers of common networks (``resnet_56_n8``: a ResNet's 56x56 stage at batch 8)."""
 
 #: batch_outer_hadamard: name -> (na, nb, nx, ny)
 HADAMARD = {

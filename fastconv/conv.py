@@ -38,7 +38,7 @@ from ._args import (
 )
 from ._blas import gemm
 from ._config import kernel, serial_kernel
-from .im2col import im2col_into, im2col_serial, im2col_stacked_into
+from .columns import im2col_into, im2col_serial, im2col_stacked_into, inside_columns
 
 __all__ = ["conv2d"]
 
@@ -101,10 +101,7 @@ def _column_ranges(geom, width):
     """(KW, 2) int64: per kernel column, the output columns [q0, q1) that read inside the image."""
     ranges = np.empty((geom.kw, 2), np.int64)
     for j in range(geom.kw):
-        off = j * geom.dw - geom.pl
-        q0 = min(max(0, -(off // geom.sw)), geom.ow)  # first q with off + q*sw >= 0
-        q1 = min(geom.ow, max(q0, -((off - width) // geom.sw)))  # first q with off + q*sw >= width
-        ranges[j] = q0, q1
+        ranges[j] = inside_columns(j * geom.dw - geom.pl, geom.sw, geom.ow, width)
     return ranges
 
 

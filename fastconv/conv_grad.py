@@ -22,8 +22,8 @@ from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geom
 from ._args import input_shape as shape_argument
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel
+from .columns import col2im_into, col2im_serial, im2col_into, im2col_serial
 from .conv import convolve_into
-from .im2col import col2im_into, col2im_serial, im2col_into, im2col_serial
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 

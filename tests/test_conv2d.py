@@ -1,13 +1,14 @@
 """conv2d forward against fastconv.reference (and im2col + GEMM), over one case table."""
 import threading
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv import conv, reference
+from fastconv import _blas, _workspace, conv, reference
 
 from cases import CONV2D_CASES as CASES
 from conftest import DTYPES, assert_matches, layouts, random_array
@@ -59,6 +60,27 @@ def test_gemm_stacked_forms(name, form, bias, rng, monkeypatch):
     case = CASES[name]
     x, w, b = _arrays(rng, case, np.float64, bias)
     assert_matches(fc.conv2d(x, w, b, **_kwargs(case)), reference.conv2d(x, w, b, **_kwargs(case)))
+
+
+@pytest.mark.parametrize("schedule", ["tasks", "matmul"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("chunk_bytes", [1, 8 << 20], ids=["one_image_chunks", "default"])
+def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, rng, monkeypatch):
+    """im2col + GEMM on small planes: one task per thread over its images (BLAS
+    inside the tasks), or matmuls between parallel kernels where no BLAS is callable
+    from kernels; odd batch, stride 2, groups, chunks of one image."""
+    calls = []
+    original = conv._merged_tasks
+    monkeypatch.setattr(conv, "_merged_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
+    if schedule == "matmul":
+        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
+    x = random_array(rng, (5, 16, 21, 19), np.float32)
+    w = random_array(rng, (12, 16 // groups, 5, 5), np.float32)
+    b = random_array(rng, (12,), np.float32)
+    y = fc.conv2d(x, w, b, stride=2, padding=1, groups=groups)
+    assert_matches(y, reference.conv2d(x, w, b, stride=2, padding=1, groups=groups))
+    assert bool(calls) == (schedule == "tasks" and numba.get_num_threads() <= 5)
 
 
 @pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))

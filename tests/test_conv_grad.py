@@ -1,12 +1,13 @@
 """conv2d_grad_input / _weight / _bias against the references, finite differences
 and the adjoint identities, over conv2d's case table."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv import _workspace, reference
+from fastconv import _blas, _workspace, conv_grad, reference
 
 from cases import CONV2D_CASES as CASES
 from conftest import DTYPES, assert_matches, central_difference, layouts, random_array, relative_error
@@ -172,3 +173,29 @@ def test_property_grads_match_reference(n, groups, cg, og, h, w, kh, kw, stride,
                    reference.conv2d_grad_input(G, weight, x.shape, **kwargs))
     assert_matches(fc.conv2d_grad_weight(x, G, weight.shape, **kwargs),
                    reference.conv2d_grad_weight(x, G, weight.shape, **kwargs))
+
+
+@pytest.mark.parametrize("schedule", ["tasks", "matmul"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("chunk_bytes", [1, 8 << 20], ids=["one_image_chunks", "default"])
+def test_strided_gradient_schedules(schedule, groups, chunk_bytes, rng, monkeypatch):
+    """Strided gradients on im2col + GEMM: one task per thread over chunks of its
+    images (per-thread dW partials), or matmuls between parallel kernels where no
+    BLAS is callable from kernels."""
+    calls = []
+    for name in ("_grad_input_tasks", "_grad_weight_tasks"):
+        original = getattr(conv_grad, name)
+        monkeypatch.setattr(conv_grad, name,
+                            lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
+    if schedule == "matmul":
+        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
+    x = random_array(rng, (5, 16, 15, 13), np.float64)
+    w = random_array(rng, (12, 16 // groups, 3, 3), np.float64)
+    kw = dict(stride=2, padding=1, groups=groups)
+    g = random_array(rng, reference.conv2d(x, w, **kw).shape, np.float64)
+    assert_matches(fc.conv2d_grad_input(g, w, x.shape, **kw),
+                   reference.conv2d_grad_input(g, w, x.shape, **kw))
+    assert_matches(fc.conv2d_grad_weight(x, g, w.shape, **kw),
+                   reference.conv2d_grad_weight(x, g, w.shape, **kw))
+    assert len(calls) == (2 if schedule == "tasks" and numba.get_num_threads() <= 5 else 0)

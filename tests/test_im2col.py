@@ -8,7 +8,7 @@ import fastconv as fc
 from fastconv import reference
 from fastconv._args import geometry
 from fastconv._seeds import im2col_loop
-from fastconv.im2col import im2col_stacked_into
+from fastconv.columns import im2col_stacked_into
 
 from cases import IM2COL_CASES as CASES
 from conftest import DTYPES, assert_matches, layouts, random_array

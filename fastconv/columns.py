@@ -27,7 +27,7 @@ __all__ = ["im2col", "col2im"]
 
 
 @serial_kernel
-def _inside_columns(off, sw, ow, w):
+def inside_columns(off, sw, ow, w):
     """The output columns [q0, q1) whose input column ``off + q*sw`` lies in [0, w)."""
     q0 = 0
     if off < 0:
@@ -54,7 +54,7 @@ def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, y0
         i = k // kw
         j = k - i * kw
         off = j * dw - pl
-        q0, q1 = _inside_columns(off, sw, ow, w)
+        q0, q1 = inside_columns(off, sw, ow, w)
         # flat unsigned indices: no views per row and no negative-index wraparound,
         # so the row loops vectorize (slices cost ~70 ns each on 28-wide rows)
         base = np.uint64((r * row_stride + n * image_stride) * width)
@@ -98,7 +98,7 @@ def _col2im(cols, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl,
             j = k - i * kw
             row = np.uint64(((c * kk + k) * row_stride + n * image_stride) * width)
             off = j * dw - pl
-            q0, q1 = _inside_columns(off, sw, ow, w)
+            q0, q1 = inside_columns(off, sw, ow, w)
             count, step = np.uint64(q1 - q0), np.uint64(sw)
             for y in range(oh):  # flat unsigned indices, as in _im2col
                 ih = y * sh - pt + i * dh
@@ -187,7 +187,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from fastconv.im2col import im2col   # also fastconv.im2col (the function)
+    >>> from fastconv import im2col
     >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
     >>> im2col(x, 2)
     array([[0., 1., 3., 4.],
@@ -232,7 +232,7 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1, o
     Examples
     --------
     >>> import numpy as np
-    >>> from fastconv.im2col import col2im   # also fastconv.col2im
+    >>> from fastconv import col2im
     >>> col2im(np.ones((4, 4)), (1, 1, 3, 3), 2)
     array([[[[1., 2., 1.],
              [2., 4., 2.],
