@@ -12,26 +12,34 @@ independent GEMMs, one per transform coordinate ``xi = (i, j)``::
 
     U[xi, o, c] = (G g[o, c] G^T)[i, j]          weights, every call (no stale cache)
     V[xi, c, t] = (B^T d[c, t] B)[i, j]          tiles t = (tile row, tile column, image)
-    M[xi]       = U[xi] @ V[xi]                  one batched np.matmul per chunk
+    M[xi]       = U[xi] @ V[xi]                  alpha**2 GEMMs per block of tiles
     y[n, o, tile t] = A^T M[:, o, t] A + bias[o] (edge tiles clipped)
 
 The matrices come from the Cook-Toom construction over a set of interpolation
 points (:func:`_cook_toom`); one table-driven kernel serves every variant.
 
-The transforms are separable. One task per channel (input) or output channel
-(output) runs each pass over all tiles of a chunk at once, images innermost, so
-the passes are linear combinations of long contiguous vectors (:func:`_combine`):
-the input is first split into column phases ``q[s, l, t] = d[a*m + s, b*m + l]``
-(the only strided access; zero padding handled by bounds, no padded copy), after
-which a shift by one tile row is a fixed offset into the flat tile run.
+Schedule: the tiles are split into blocks (:func:`_blocks`: groups of images,
+or bands of tile rows of one image, V and M of a block about ``BLOCK_BYTES``),
+and one numba task per thread runs its blocks start to end: input transform,
+the alpha**2 GEMMs as single-threaded BLAS calls (:mod:`fastconv._blas`), output
+transform, while the block is in the core's cache. Where no BLAS is callable
+from kernels, larger chunks (``CHUNK_BYTES``) alternate parallel transforms with
+one batched NumPy matmul.
+
+The transforms are separable. Each pass runs over all tiles of a block and a
+group of ``GROUP`` channels at once, images innermost, so that the passes are
+linear combinations of long contiguous vectors (:func:`_combine`): the input is
+first split into column phases ``q[s, l, t] = d[a*m + s, b*m + l]`` (the only
+strided access; zero padding handled by bounds, no padded copy), after which a
+shift by one tile row is a fixed offset into the flat tile run.
 
 The weight gradient runs the same steps adjointly (:func:`grad_weight_3x3`):
 the input transform with ``A`` in place of ``B^T`` gives ``dM = A dy A^T`` over
-the output tiles, one batched np.matmul ``dM[xi] @ V[xi]^T`` sums over the tiles,
-and ``G^T dU G`` maps back to the 3x3 taps.
+the output tiles, each thread sums ``dM[xi] @ V[xi]^T`` over its blocks into a
+partial dU, and ``G^T dU G`` of their sum maps back to the 3x3 taps.
 
-Chunks (of images, or of tile rows of one image) keep V and M under
-``CHUNK_BYTES``; the buffers are kept per Python thread between calls.
+Inputs with NaN, Inf or values large enough to overflow the transforms are
+declined (the functions return None) and computed exactly by the caller.
 """
 from fractions import Fraction
 from typing import NamedTuple

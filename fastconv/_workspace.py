@@ -22,6 +22,13 @@ _lock = threading.Lock()
 _kept = {}
 
 
+def images_per_chunk(n, per_image, parts=1):
+    """Images per chunk of ``n`` (each ``per_image`` bytes of columns and results):
+    as many as fit :data:`CHUNK_BYTES`, at least one, at most an even share of
+    ``parts`` threads."""
+    return max(1, min(-(-n // parts), CHUNK_BYTES // max(per_image, 1)))
+
+
 @contextmanager
 def scratch(dtype, *shapes):
     """C-contiguous arrays of ``shapes`` (uninitialized) carved from one buffer,

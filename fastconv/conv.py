@@ -248,17 +248,18 @@ def _gemm_merged(x, w, b, result, geom, groups):
     o = w.shape[0]
     rows, ohw = c * geom.kh * geom.kw, geom.oh * geom.ow
     og, rg = o // groups, rows // groups
-    chunk = max(1, min(n, _workspace.CHUNK_BYTES // ((rows + o) * ohw * x.itemsize)))
+    per_image = (rows + o) * ohw * x.itemsize
     w2 = w.reshape(o, rg)
     out3 = result.reshape(n, o, ohw)
     addr, threads = _blas.address(x.dtype), numba.get_num_threads()
     if addr and n >= threads:
-        chunk = min(chunk, -(-n // threads))
+        chunk = _workspace.images_per_chunk(n, per_image, threads)
         with _workspace.scratch(x.dtype, (threads, rows * chunk * ohw), (threads, o * chunk * ohw)) \
                 as (cols, tmp), _blas.one_thread():
             _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, *geom.taps, geom.oh, geom.ow,
                           work=result.size * rg)
         return
+    chunk = _workspace.images_per_chunk(n, per_image)
     with _workspace.scratch(x.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as (cols_buffer, tmp_buffer):
         for start in range(0, n, chunk):
             width = (min(n, start + chunk) - start) * ohw

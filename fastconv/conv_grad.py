@@ -152,7 +152,7 @@ def _image_tasks(n, rows, o, p, dtype):
     if not addr or n < threads:
         return None
     per_image = (rows + o) * p * np.dtype(dtype).itemsize
-    return addr, threads, max(1, min(-(-n // threads), _workspace.CHUNK_BYTES // per_image))
+    return addr, threads, _workspace.images_per_chunk(n, per_image, threads)
 
 
 def _transposed_geometry(geom, input_hw):
@@ -196,7 +196,7 @@ def _image_chunks(grad_out, rows):
     an empty (rows, n*OH*OW) view and ``grads`` the chunk's grad_out as (O, n*OH*OW)."""
     n, o = grad_out.shape[:2]
     ohw = grad_out.shape[2] * grad_out.shape[3]
-    chunk = max(1, min(n, _workspace.CHUNK_BYTES // max((rows + o) * ohw * grad_out.itemsize, 1)))
+    chunk = _workspace.images_per_chunk(n, (rows + o) * ohw * grad_out.itemsize)
     with _workspace.scratch(grad_out.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as buffers:
         cols_buffer, grad_buffer = buffers
         for start in range(0, n, chunk):

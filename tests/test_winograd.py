@@ -10,24 +10,10 @@ import fastconv as fc
 from fastconv import _blas, _winograd, reference
 from fastconv._args import geometry
 
+from cases import WINOGRAD_CASES as CASES
 from conftest import DTYPES, RTOL, assert_matches, random_array
 
 VARIANTS = {"F2": _winograd.F2, "F4": _winograd.F4}
-
-# name -> (x shape, O, padding): odd sizes where OH/OW are not multiples of the
-# tile, every padding form, small and >= 64 channels.
-CASES = {
-    "odd_pad1": ((2, 5, 9, 11), 7, 1),
-    "valid_tiny": ((1, 3, 5, 5), 2, 0),
-    "pad2_narrow": ((3, 8, 13, 6), 4, 2),
-    "same": ((2, 4, 7, 9), 3, "same"),
-    "valid_str": ((1, 6, 10, 12), 5, "valid"),
-    "pairs": ((2, 4, 7, 9), 3, (0, 2)),
-    "pairs_other": ((1, 5, 8, 5), 6, (2, 1)),
-    "one_column": ((2, 3, 9, 1), 4, 1),
-    "wide_channels": ((2, 64, 12, 17), 72, 1),
-    "resnet_like": ((1, 64, 28, 28), 64, 1),
-}
 
 
 def _run_grad_weight(case, dtype, variant, rng):
