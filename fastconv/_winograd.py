@@ -344,6 +344,16 @@ def _output_transform(mm, at, bias, out, n0, a0, th, tw):
 
 
 @serial_kernel
+def _input_block(x, bt, m, pt, pl, n0, a0, th, tw, v, limit):
+    """:func:`_input_channels` for every group of channels, in one task."""
+    channels = x.shape[1]
+    inside = True
+    for c0 in range(0, channels, GROUP):
+        inside &= _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, min(channels, c0 + GROUP), limit)
+    return inside
+
+
+@serial_kernel
 def _block_views(blocks, k, tw, vbuf, mbuf, t, c, o, alpha2):
     """Block k's (first image, images, first tile row, tile rows) and thread t's
     V (alpha2, c, tiles) and M (alpha2, o, tiles) for it."""
@@ -367,9 +377,7 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
     for t in prange(threads):
         for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
             n0, a0, ta, v, mm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
-            for c0 in range(0, channels, GROUP):
-                inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, c0,
-                                             min(channels, c0 + GROUP), limit)
+            inside[t] &= _input_block(x, bt, m, pt, pl, n0, a0, ta, tw, v, limit)
             if not inside[t]:
                 break
             for xi in range(alpha2):
@@ -387,12 +395,8 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
     for t in prange(threads):
         for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
             n0, a0, ta, v, dm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
-            for c0 in range(0, channels, GROUP):
-                inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, c0,
-                                             min(channels, c0 + GROUP), limit)
-            for o0 in range(0, n_out, GROUP):
-                inside[t] &= _input_channels(dy, a, m, 0, 0, n0, a0, ta, tw, dm, o0,
-                                             min(n_out, o0 + GROUP), limit)
+            inside[t] &= _input_block(x, bt, m, pt, pl, n0, a0, ta, tw, v, limit)
+            inside[t] &= _input_block(dy, a, m, 0, 0, n0, a0, ta, tw, dm, limit)
             if not inside[t]:
                 break
             for xi in range(alpha2):

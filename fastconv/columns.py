@@ -114,6 +114,15 @@ def _col2im(cols, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl,
                         of[dst + q * step] += cf[src + q]
 
 
+@serial_kernel
+def chunk_views(cols, results, t, images, p, rows, o):
+    """Thread ``t``'s views for a chunk of ``images`` images of ``p`` output pixels,
+    side by side: columns (rows, images*p) and results (o, images*p) at the start
+    of its rows of the flat per-thread buffers ``cols`` and ``results``."""
+    width = images * p
+    return cols[t, :rows * width].reshape((rows, width)), results[t, :o * width].reshape((o, width))
+
+
 #: The kernels' serial builds, for convolution tasks that run im2col or col2im on
 #: their own images inside a parallel loop (package-internal).
 im2col_serial, col2im_serial = _im2col.serial, _col2im.serial

@@ -38,7 +38,7 @@ from ._args import (
 )
 from ._blas import gemm
 from ._config import kernel, serial_kernel
-from .columns import im2col_into, im2col_serial, im2col_stacked_into, inside_columns
+from .columns import chunk_views, im2col_into, im2col_serial, im2col_stacked_into, inside_columns
 
 __all__ = ["conv2d"]
 
@@ -223,9 +223,7 @@ def _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, kh, kw, sh, sw
         stop = (t + 1) * n // threads
         for i0 in range(t * n // threads, stop, chunk):
             i1 = min(i0 + chunk, stop)
-            width = (i1 - i0) * p
-            c = cols[t, :rows * width].reshape((rows, width))
-            m = tmp[t, :o * width].reshape((o, width))
+            c, m = chunk_views(cols, tmp, t, i1 - i0, p, rows, o)
             im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
                           kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
             for g in range(groups):

@@ -22,7 +22,7 @@ from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geom
 from ._args import input_shape as shape_argument
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel
-from .columns import col2im_into, col2im_serial, im2col_into, im2col_serial
+from .columns import chunk_views, col2im_into, col2im_serial, im2col_into, im2col_serial
 from .conv import convolve_into
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
@@ -110,9 +110,7 @@ def _grad_weight_tasks(addr, x, go, partials, cols, grads, chunk, groups, kh, kw
         stop = (t + 1) * n // threads
         for i0 in range(t * n // threads, stop, chunk):
             i1 = min(i0 + chunk, stop)
-            width = (i1 - i0) * p
-            c = cols[t, :rows * width].reshape((rows, width))
-            g2 = grads[t, :o * width].reshape((o, width))
+            c, g2 = chunk_views(cols, grads, t, i1 - i0, p, rows, o)
             im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
                           kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
             _side_by_side(go, i0, i1, g2)
@@ -133,9 +131,7 @@ def _grad_input_tasks(addr, go, w2, dx, cols, grads, chunk, groups, kh, kw, sh, 
         stop = (t + 1) * n // threads
         for i0 in range(t * n // threads, stop, chunk):
             i1 = min(i0 + chunk, stop)
-            width = (i1 - i0) * p
-            c = cols[t, :rows * width].reshape((rows, width))
-            g2 = grads[t, :o * width].reshape((o, width))
+            c, g2 = chunk_views(cols, grads, t, i1 - i0, p, rows, o)
             _side_by_side(go, i0, i1, g2)
             for g in range(groups):
                 gemm_at(addr, w2[g * og:(g + 1) * og], g2[g * og:(g + 1) * og],
