@@ -4,6 +4,8 @@ best median per pair kept; prints torch time / fastconv time per shape.
 
     python benchmarks/isolated.py conv2d float32 --rounds 2
     python benchmarks/isolated.py conv2d_backward float32 --shapes resnet_56_n1,resnet_28_n8
+    python benchmarks/isolated.py conv2d float32 --methods fastconv --first fastconv   # import order
+    python benchmarks/isolated.py conv2d float32 --busy   # with the other core kept busy
 
 Run it on a quiet machine (benchmark with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 unset where they are set: they slow a current numpy).
@@ -17,6 +19,7 @@ import sys
 
 _CHILD = """
 import sys, time, json
+import {first}
 import numpy as np
 sys.path.insert(0, {root!r})
 kind, shape, method, dtype = {args!r}
@@ -50,14 +53,28 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
     parser.add_argument("--shapes", help="comma-separated shape names (default: all)")
     parser.add_argument("--methods", default="fastconv,torch", help="default: fastconv,torch")
+    parser.add_argument("--first", choices=["numpy", "fastconv"], default="numpy",
+                        help="the module each process imports first (default: numpy)")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep one core busy with a spinning process meanwhile")
     opts = parser.parse_args()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if opts.busy else None
+    try:
+        _campaign(opts, root, shapes)
+    finally:
+        if spinner:
+            spinner.kill()
+
+
+def _campaign(opts, root, shapes):
     names = opts.shapes.split(",") if opts.shapes else list(shapes[opts.kind])
     methods = opts.methods.split(",")
     best = {}
     for r in range(opts.rounds):
         for name in names:
             for method in methods if r % 2 == 0 else methods[::-1]:
-                code = _CHILD.format(root=root, args=(opts.kind, name, method, opts.dtype))
+                code = _CHILD.format(root=root, first=opts.first,
+                                     args=(opts.kind, name, method, opts.dtype))
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
                 if done.returncode:
                     print(f"{name} {method}: skipped ({done.stderr.strip().splitlines()[-1]})")
