@@ -1,25 +1,28 @@
 """conv2d forward (cross-correlation, PyTorch semantics).
 
-Kernel strategy by shape class (float32/float64):
+Kernel strategy by shape class (float32/float64). Where a BLAS is callable from
+compiled code (:mod:`fastconv._blas`), GEMMs run single-threaded inside numba's
+parallel tasks, next to the kernels that feed them, so one thread pool owns the
+cores during a call; otherwise they are NumPy matmuls between parallel kernels.
 
-* tiny problems: one serial numba call (pad, im2col over the whole batch so
-  the GEMM rows are long, GEMM, scatter to NCHW): no thread launch, no BLAS call;
-* depthwise / one-channel-per-group convolutions: a direct numba kernel (one
-  task per output plane, rows accumulated in cache; GEMM is useless there);
-* 1x1 stride-1 unpadded, groups=1: one batched GEMM ``W (O, C) @ x[n] (C, H*W)``
-  written straight into the NCHW output;
+* tiny problems: one serial numba call (im2col over the whole batch so the GEMM
+  rows are long, GEMM, scatter to NCHW): no thread launch, no BLAS call;
+* depthwise / one-channel-per-group convolutions with finite weights: a direct
+  numba kernel (one task per output plane, rows accumulated in cache);
+* 1x1 stride-1 unpadded, groups=1: ``W (O, C) @ x[n] (C, H*W)`` written straight
+  into the NCHW output, pieces of each image's columns as tasks;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
   ``x.reshape(N, -1) @ W.reshape(O, -1).T`` (im2col is a reshape there);
-* 3x3 stride-1 undilated, groups=1, enough work: Winograd F(2x2,3x3) or
-  F(4x4,3x3) (``fastconv._winograd``): 2.25-4x fewer multiplications, in
-  batched GEMMs between numba input and output transforms;
-* everything else: im2col + GEMM with a buffer that stays in cache. Small output
-  planes (OH*OW <= 4096): the columns of a chunk of images side by side, one wide
-  GEMM per group (a per-image GEMM would be too narrow), then a copy into NCHW
-  that adds the bias. Large planes: per-image stacked columns of a few images or
-  a band of output rows, then per group one batched GEMM
-  ``W_g (O/g, C/g*KH*KW) @ cols[n]`` written straight into NCHW; with groups=1
-  the bias rides in the GEMM as an extra row of ones.
+* 3x3 stride-1 undilated, groups=1, enough tiles per thread: Winograd F(2x2,3x3)
+  or F(4x4,3x3) (:mod:`fastconv._winograd`), 2.25-4x fewer multiplications;
+  inputs with NaN, Inf or huge values take the im2col path below instead;
+* everything else: im2col + GEMM in cache-sized chunks. Small output planes
+  (OH*OW <= 4096): the columns of a chunk of images side by side, one wide GEMM
+  per group (a per-image GEMM would be too narrow), then a copy into NCHW that
+  adds the bias, one task per thread over its images. Large planes: per-image
+  stacked columns of a few images or a band of output rows, then per group one
+  batched GEMM ``W_g (O/g, C/g*KH*KW) @ cols[n]`` written straight into NCHW;
+  with groups=1 the bias rides in the GEMM as an extra row of ones.
 """
 import numba
 import numpy as np

@@ -1,17 +1,22 @@
 """Gradients of conv2d: dL/dx, dL/dW and dL/db for every configuration conv2d accepts.
 
-* grad_input is a transposed convolution. With stride 1 it is a plain convolution
-  of grad_out with the flipped, transposed weight, so it runs through conv2d's own
-  kernels (Winograd for 3x3, depthwise, 1x1 GEMM, ...). Otherwise, per chunk of
-  images with their grad_out planes side by side (one wide GEMM, not a narrow one
-  per image), ``Wᵀ · grad_out`` (one GEMM per group) gives the column gradients,
-  which col2im scatters back race-free (one task per input plane).
+* grad_input is a transposed convolution. With stride 1 (and finite weights) it
+  is a plain convolution of grad_out with the flipped, transposed weight, so it
+  runs through conv2d's own kernels (Winograd for 3x3, depthwise, 1x1 GEMM, ...).
+  Otherwise, per chunk of images with their grad_out planes side by side (one
+  wide GEMM, not a narrow one per image), ``Wᵀ · grad_out`` (one GEMM per group)
+  gives the column gradients, which col2im scatters back into the chunk's images.
 * grad_weight is a GEMM against the im2col columns: ``grad_out (O, n*OH*OW) ·
   cols (n*OH*OW, C*KH*KW)`` summed over chunks of images; for 3x3 stride-1
   layers with enough work, the adjoint of the Winograd forward
   (``fastconv._winograd.grad_weight_3x3``).
+* Both GEMM forms run as one numba task per thread over chunks of its images,
+  with single-threaded BLAS inside (per-thread dW partials, summed at the end),
+  where a BLAS is callable from kernels and every thread has an image; else as
+  NumPy matmuls between parallel im2col/col2im kernels.
 * Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
-  direct loop kernels (one task per output plane, no shared writes).
+  direct loop kernels (one task per output plane, no shared writes), unless a
+  NaN or Inf would meet the zero padding those kernels skip.
 """
 import numba
 import numpy as np
