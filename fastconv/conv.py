@@ -7,8 +7,9 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
 
 * tiny problems: one serial numba call (im2col over the whole batch so the GEMM
   rows are long, GEMM, scatter to NCHW): no thread launch, no BLAS call;
-* depthwise / one-channel-per-group convolutions with finite weights: a direct
-  numba kernel (one task per output plane, rows accumulated in cache);
+* depthwise / one-channel-per-group convolutions: 3x3 stride 1 from a padded
+  copy of each input plane, nine taps in one pass; others (with finite weights)
+  a direct kernel (one task per output plane, rows accumulated in cache);
 * 1x1 stride-1 unpadded, groups=1: ``W (O, C) @ x[n] (C, H*W)`` written straight
   into the NCHW output, pieces of each image's columns as tasks;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
@@ -98,6 +99,33 @@ def _direct(x, w, b, out, groups, sh, sw, dh, dw, pt, pl, ranges):
                             strided = src[q0 * sw + off:(q1 - 1) * sw + off + 1:sw]
                             for q in range(q1 - q0):
                                 acc[q] += wv * strided[q]
+
+
+@kernel
+def _depthwise_3x3(x, w, b, out, groups, pt, pl):
+    """3x3, stride 1, undilated, one input channel per group: out[n, o] from a
+    zero-padded copy of its input plane, all nine taps in one pass per output row
+    (one task per output plane)."""
+    n_images, channels, h, wd = x.shape
+    n_out = w.shape[0]
+    oh, ow = out.shape[2], out.shape[3]
+    og = n_out // groups
+    for task in prange(n_images * n_out):
+        n = task // n_out
+        o = task - n * n_out
+        pad = np.zeros((oh + 2, ow + 2), x.dtype)
+        for a in range(h):
+            pad[pt + a, pl:pl + wd] = x[n, o // og, a]
+        w0, w1, w2 = w[o, 0, 0], w[o, 0, 1], w[o, 0, 2]
+        w00, w01, w02, w10, w11, w12 = w0[0], w0[1], w0[2], w1[0], w1[1], w1[2]
+        w20, w21, w22, bias = w2[0], w2[1], w2[2], b[o]
+        plane = out[n, o]
+        for y in range(oh):
+            r0, r1, r2, orow = pad[y], pad[y + 1], pad[y + 2], plane[y]
+            for q in range(ow):
+                orow[q] = (bias + w00 * r0[q] + w01 * r0[q + 1] + w02 * r0[q + 2]
+                           + w10 * r1[q] + w11 * r1[q + 1] + w12 * r1[q + 2]
+                           + w20 * r2[q] + w21 * r2[q + 1] + w22 * r2[q + 2])
 
 
 def _column_ranges(geom, width):
@@ -401,6 +429,8 @@ def convolve_into(x, w, bias, geom, groups, result):
         p = n * g.oh * g.ow
         _small(x, w.reshape(o, -1), b, np.empty((c * kh * kw, p), dtype), np.empty((o, p), dtype),
                result, groups, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
+    elif cg == 1 and (kh, kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1:
+        _depthwise_3x3(x, w, b, result, groups, g.pt, g.pl, work=macs)
     elif cg == 1 and np.isfinite(w).all():  # the direct kernel skips taps on zero padding
         _direct(x, w, b, result, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
                 _column_ranges(g, x.shape[3]), work=macs)

@@ -62,6 +62,26 @@ def test_gemm_stacked_forms(name, form, bias, rng, monkeypatch):
     assert_matches(fc.conv2d(x, w, b, **_kwargs(case)), reference.conv2d(x, w, b, **_kwargs(case)))
 
 
+@pytest.mark.parametrize("padding", [0, 1, 2, "same", (0, 2)])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_3x3_from_padded_planes(padding, multiplier, rng, monkeypatch):
+    """Depthwise 3x3 stride 1 (a padded copy of each plane): every padding, a
+    channel multiplier, odd planes, a NaN weight that meets the padding."""
+    calls = []
+    original = conv._depthwise_3x3
+    monkeypatch.setattr(conv, "_depthwise_3x3", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = random_array(rng, (3, 24, 37, 29), np.float64)
+    w = random_array(rng, (24 * multiplier, 1, 3, 3), np.float64)
+    b = random_array(rng, (24 * multiplier,), np.float64)
+    expected = reference.conv2d(x, w, b, padding=padding, groups=24)
+    assert_matches(fc.conv2d(x, w, b, padding=padding, groups=24), expected)
+    w[5, 0, 0, 0] = np.nan
+    y = fc.conv2d(x, w, b, padding=padding, groups=24)
+    expected = reference.conv2d(x, w, b, padding=padding, groups=24)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("schedule", ["tasks", "matmul"])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("chunk_bytes", [1, 8 << 20], ids=["one_image_chunks", "default"])
