@@ -21,9 +21,10 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
   (OH*OW <= 4096): the columns of a chunk of images side by side, one wide GEMM
   per group (a per-image GEMM would be too narrow), then a copy into NCHW that
   adds the bias, one task per thread over its images. Large planes: per-image
-  stacked columns of a few images or a band of output rows, then per group one
-  batched GEMM ``W_g (O/g, C/g*KH*KW) @ cols[n]`` written straight into NCHW;
-  with groups=1 the bias rides in the GEMM as an extra row of ones.
+  stacked columns of a band of output rows, then per group a GEMM
+  ``W_g (O/g, C/g*KH*KW) @ cols`` written straight into NCHW, one task per thread
+  over (image, band) pairs; with groups=1 the bias rides in the GEMM as an extra
+  row of ones.
 """
 import numba
 import numpy as np
@@ -307,6 +308,8 @@ def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
     A chunk is a few whole images, or, where one image's columns exceed the
     budget, a band of output rows of one image (the GEMM writes that band of
     each output plane). With groups=1 the bias rides in the GEMM as a row of ones.
+    Where a BLAS is callable from kernels and there are enough (image, band)
+    pairs for the threads, each thread's task runs its pairs start to end.
     """
     n, c = x.shape[:2]
     o = w.shape[0]
@@ -322,10 +325,46 @@ def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
     if fold_bias:
         w2 = np.concatenate([w2[0], b[:, None]], axis=1)[None]
     out3 = result.reshape(n, o, geom.oh * ow)
+    addr, threads = _blas.address(x.dtype), numba.get_num_threads()
+    if addr and n * -(-geom.oh // band) >= threads:
+        band = min(band, geom.oh)  # a task is a band of one image
+        with _workspace.scratch(x.dtype, (threads, stride * band * ow)) as (cols,), _blas.one_thread():
+            _stacked_tasks(addr, x, w2, b, out3, cols, band, has_bias and not fold_bias, groups,
+                           *geom.taps, geom.oh, ow, work=result.size * (rows // groups))
+        return
     with _workspace.scratch(x.dtype, (chunk * stride * band * ow,)) as (cols,):
         _stacked_chunks(x, w2, out3, cols, geom, groups, chunk, band, stride, fold_bias)
     if has_bias and not fold_bias:
         _add_bias(out3, b, work=out3.size)
+
+
+@kernel
+def _stacked_tasks(addr, x, w2, b, out3, cols, band, add_bias, groups, kh, kw, sh, sw, dh, dw, pt, pl,
+                   oh, ow):
+    """:func:`_gemm_stacked` with one task per thread over (image, band of output
+    rows) pairs: the band's columns in ``cols[t]`` (R, band*OW), below them a row of
+    ones where ``w2`` carries the bias, then single-threaded GEMMs into NCHW."""
+    threads, n = cols.shape[0], x.shape[0]
+    og, stride = w2.shape[1], w2.shape[2] * groups
+    rows = x.shape[1] * kh * kw
+    bands = -(-oh // band)
+    items = n * bands
+    for t in prange(threads):
+        for item in range(t * items // threads, (t + 1) * items // threads):
+            i = item // bands
+            y0 = (item - i * bands) * band
+            y1 = min(oh, y0 + band)
+            c = cols[t, :stride * (y1 - y0) * ow].reshape((stride, (y1 - y0) * ow))
+            if stride > rows:
+                c[rows:] = 1
+            im2col_serial(x[i:i + 1], c, 1, stride, kh, kw, sh, sw, dh, dw, pt, pl, y0, y1, ow)
+            rg = w2.shape[2]
+            for g in range(groups):
+                dst = out3[i, g * og:(g + 1) * og, y0 * ow:y1 * ow]
+                gemm(addr, w2[g], c[g * rg:(g + 1) * rg], dst, False, 0.0)
+            if add_bias:
+                for k in range(out3.shape[1]):
+                    out3[i, k, y0 * ow:y1 * ow] += b[k]
 
 
 def _stacked_chunks(x, w2, out3, cols, geom, groups, chunk, band, stride, fold_bias):

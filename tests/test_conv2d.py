@@ -52,9 +52,13 @@ def test_equals_im2col_then_gemm(name, rng):
 @pytest.mark.parametrize("form", ["stacked_images", "stacked_bands"])
 @pytest.mark.parametrize("name", ["gemm_3x3", "gemm_pairs", "gemm_same", "gemm_groups_big", "stem_small",
                                   "gemm_wide_plane", "gemm_1x1_strided"])
-def test_gemm_stacked_forms(name, form, bias, rng, monkeypatch):
+@pytest.mark.parametrize("schedule", ["tasks", "matmul"])
+def test_gemm_stacked_forms(name, form, bias, schedule, rng, monkeypatch):
     """im2col + GEMM with per-image stacked columns: chunks of whole images, or bands
-    of output rows (budgets shrunk so that the small cases take these forms)."""
+    of output rows (budgets shrunk so that the small cases take these forms), as
+    tasks with BLAS inside or as matmuls between parallel kernels."""
+    if schedule == "matmul":
+        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
     monkeypatch.setattr(conv, "_MERGE_PLANE", 0)
     monkeypatch.setattr(conv, "_BAND_BYTES", 1 if form == "stacked_bands" else 1 << 20)
     case = CASES[name]
