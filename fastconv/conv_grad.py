@@ -181,16 +181,6 @@ def _check_grad_out(func, grad_out, expected):
                          f"output has shape {expected}")
 
 
-def _images_side_by_side(grad_out, buffer):
-    """grad_out (n, O, OH, OW) as (O, n*OH*OW) in ``buffer``: column ``m*OH*OW + s`` is
-    image m's pixel s, the column layout of :func:`fastconv.im2col`."""
-    n, o = grad_out.shape[:2]
-    ohw = grad_out.shape[2] * grad_out.shape[3]
-    grads = buffer[:o * n * ohw].reshape(o, n, ohw)
-    grads[...] = grad_out.reshape(n, o, ohw).transpose(1, 0, 2)
-    return grads.reshape(o, n * ohw)
-
-
 def _image_chunks(grad_out, rows):
     """Chunks of images whose columns and side-by-side gradients fit the chunk budget:
     yields ``(images, cols, grads)`` with ``images`` a slice of the batch, ``cols``
@@ -203,8 +193,9 @@ def _image_chunks(grad_out, rows):
         for start in range(0, n, chunk):
             images = slice(start, min(n, start + chunk))
             width = (images.stop - start) * ohw
-            yield (images, cols_buffer[:rows * width].reshape(rows, width),
-                   _images_side_by_side(grad_out[images], grad_buffer))
+            grads = grad_buffer[:o * width].reshape(o, width)
+            _side_by_side(grad_out, start, images.stop, grads)
+            yield images, cols_buffer[:rows * width].reshape(rows, width), grads
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1):

@@ -1,6 +1,7 @@
 """Shared test machinery: tolerances (one place), input layouts, comparisons."""
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 #: Relative tolerance per dtype, relative to the largest magnitude of the result
 #: (summation order differs between kernels and references).
@@ -70,3 +71,8 @@ def layouts(x):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)
+
+
+def float_elements(dtype, bound):
+    """Hypothesis elements for ``dtype`` arrays: floats in [-bound, bound]."""
+    return st.floats(-bound, bound, width=np.dtype(dtype).itemsize * 8)

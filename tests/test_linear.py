@@ -8,7 +8,16 @@ from hypothesis.extra import numpy as hnp
 import fastconv as fc
 
 from cases import LINEAR_CASES
-from conftest import DTYPES, RTOL, assert_matches, central_difference, layouts, random_array, relative_error
+from conftest import (
+    DTYPES,
+    RTOL,
+    assert_matches,
+    central_difference,
+    float_elements,
+    layouts,
+    random_array,
+    relative_error,
+)
 
 
 def _linear_inputs(rng, case, dtype):
@@ -132,19 +141,15 @@ def test_non_numeric_dtype_is_a_type_error(bad):
 
 # -- properties --------------------------------------------------------------------------------
 
-def _elements(dtype, bound):
-    return st.floats(-bound, bound, width=np.dtype(dtype).itemsize * 8)
-
-
 @pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(data=st.data(), dtype=st.sampled_from(DTYPES))
 def test_property_linear_matches_reference(data, dtype):
     n, i, o = (data.draw(st.integers(0, 9), label=name) for name in "NIO")
-    x = data.draw(hnp.arrays(dtype, (n, i), elements=_elements(dtype, 100)), label="x")
-    W = data.draw(hnp.arrays(dtype, (i, o), elements=_elements(dtype, 100)), label="W")
-    b = data.draw(st.none() | hnp.arrays(dtype, (o,), elements=_elements(dtype, 100)), label="b")
-    g = data.draw(hnp.arrays(dtype, (n, o), elements=_elements(dtype, 100)), label="grad_out")
+    x = data.draw(hnp.arrays(dtype, (n, i), elements=float_elements(dtype, 100)), label="x")
+    W = data.draw(hnp.arrays(dtype, (i, o), elements=float_elements(dtype, 100)), label="W")
+    b = data.draw(st.none() | hnp.arrays(dtype, (o,), elements=float_elements(dtype, 100)), label="b")
+    g = data.draw(hnp.arrays(dtype, (n, o), elements=float_elements(dtype, 100)), label="grad_out")
     assert_matches(fc.linear(x, W, b), fc.reference.linear(x, W, b))
     for actual, expected in zip(fc.linear_backward(x, W, g), fc.reference.linear_backward(x, W, g)):
         assert_matches(actual, expected)
