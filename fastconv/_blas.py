@@ -26,7 +26,7 @@ _addresses = {}
 _controller = None
 _lock = threading.Lock()
 _depth = 0
-_limiter = None
+_saved = None
 
 
 def address(dtype):
@@ -57,20 +57,43 @@ def _find(dtype):
 @contextmanager
 def one_thread():
     """Hold every BLAS library at one thread while in the block (re-entrant and
-    shared between Python threads); the outermost exit restores the user's counts."""
-    global _depth, _limiter
+    shared between Python threads); the outermost exit restores the user's counts.
+
+    The first Python thread in sets the limit and the last one out restores it,
+    whichever threads those are."""
+    global _depth, _saved
     with _lock:
         if _depth == 0 and _controller is not None:
-            _limiter = _controller.limit(limits=1, user_api="blas")
+            _saved = [lib.num_threads for lib in _controller.lib_controllers]
+            _set_threads([1] * len(_saved))
         _depth += 1
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
-            if _depth == 0 and _limiter is not None:
-                _limiter.restore_original_limits()
-                _limiter = None
+            if _depth == 0 and _saved is not None:
+                _set_threads(_saved)
+                _saved = None
+
+
+def _set_threads(counts):
+    """Set each BLAS library's (process-wide) thread count from this Python thread.
+
+    threadpoolctl lets only one Python thread at a time limit a pthreads
+    OpenBLAS and ignores the others; fastconv serializes its own changes under
+    ``_lock``, so it releases that claim before and after, and its limits take
+    effect whichever thread makes them."""
+    import threadpoolctl
+
+    release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+    for lib, count in zip(_controller.lib_controllers, counts):
+        if lib.user_api == "blas":
+            lib.set_num_threads(count)
+    if release is not None:
+        release(force=True)
 
 
 @intrinsic

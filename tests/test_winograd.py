@@ -111,6 +111,7 @@ def test_blas_thread_counts_are_restored(rng):
     user set are back after every call, also after an exception-free nested use."""
     x = random_array(rng, (2, 32, 20, 20), np.float32)
     w = random_array(rng, (32, 32, 3, 3), np.float32)
+    _blas.address(np.float32)  # loads SciPy's BLAS, so that the limit below covers it
     with threadpool_limits(2, user_api="blas"):
         before = _blas_threads()
         y = fc.conv2d(x, w, padding=1)
@@ -244,3 +245,28 @@ def test_weights_changed_in_place_are_seen(rng):
     fc.conv2d(x, w, padding=1)
     w -= 0.1 * random_array(rng, w.shape, np.float32)
     assert_matches(fc.conv2d(x, w, padding=1), reference.conv2d(x, w, padding=1))
+
+
+def test_blas_limit_holds_in_any_python_thread(rng):
+    """The one-thread limit takes effect when the call comes from a thread other
+    than the one that made fastconv's first call, and fastconv leaves no claim on
+    the BLAS that would make a later threadpoolctl limit from another thread a no-op."""
+    x = random_array(rng, (2, 32, 20, 20), np.float32)
+    w = random_array(rng, (32, 32, 3, 3), np.float32)
+    fc.conv2d(x, w, padding=1)
+    before = _blas_threads()
+    seen = []
+
+    def in_thread():
+        with _blas.one_thread():
+            seen.append(_blas_threads())
+        seen.append(_blas_threads())
+        fc.conv2d(x, w, padding=1)
+        with threadpool_limits(1, user_api="blas"):
+            seen.append(_blas_threads())
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(in_thread).result()
+    inside, after, limited = seen
+    assert all(n == 1 for _, n in inside) and all(n == 1 for _, n in limited)
+    assert after == before and _blas_threads() == before
