@@ -481,3 +481,37 @@ def softmax_backward(s, grad_s, axis=-1):
     s = _along(s, axis, np.ndim(s))
     grad_s = _lazy(grad_s, s.chunks)
     return _map(activations.softmax_backward, ind, s, ind, grad_s, ind, dtype=dtype, axis=axis)
+
+
+# ---------------------------------------------------------------- einsum
+
+def _einsum_block(*operands, subscripts, contracted, kernel_dtype, **options):
+    """fastconv.einsum on one combination of blocks, with a length-1 axis per
+    contracted index (their partial sums are added by dask)."""
+    from .einsum import einsum as in_memory_einsum
+
+    result = in_memory_einsum(subscripts, *operands, dtype=kernel_dtype, **options)
+    return result.reshape(result.shape + (1,) * contracted)
+
+
+def einsum(*operands, out=None, dtype=None, order="K", casting="safe", optimize=False):
+    """Blocks of every operand meet in one task per combination of chunks of the
+    output and contracted indices; the contracted partial products are summed by
+    dask's tree reduction (as :func:`dask.array.einsum` does with np.einsum)."""
+    from dask.array.einsumfuncs import parse_einsum_input
+
+    _no_out("einsum", out)
+    inputs, output, arrays = parse_einsum_input([_lazy(a) if _is_dask(a) else a for a in operands])
+    arrays = [_lazy(a) for a in arrays]
+    subscripts = f"{inputs}->{output}"
+    stand_ins = [np.zeros((1,) * a.ndim, a.dtype) for a in arrays]
+    result_dtype = np.einsum(subscripts, *stand_ins, dtype=dtype, casting=casting).dtype
+    contracted = sorted({i for term in inputs.split(",") for i in term} - set(output))
+    indexed = [item for array, term in zip(arrays, inputs.split(",")) for item in (array, term)]
+    blocks = _map(_einsum_block, output + "".join(contracted), *indexed, dtype=result_dtype,
+                  adjust_chunks=dict.fromkeys(contracted, 1), subscripts=subscripts,
+                  contracted=len(contracted), kernel_dtype=dtype, order=order, casting=casting,
+                  optimize=optimize)
+    if not contracted:
+        return blocks
+    return blocks.sum(axis=tuple(range(len(output), len(output) + len(contracted))), dtype=result_dtype)
