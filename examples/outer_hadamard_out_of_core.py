@@ -41,7 +41,9 @@ def main():
     parser.add_argument("--na", type=int, default=4000)
     parser.add_argument("--nb", type=int, default=3000)
     parser.add_argument("--a-chunk", type=int, default=1, help="rows of A per chunk")
-    parser.add_argument("--b-chunk", type=int, default=500, help="rows of B per chunk")
+    parser.add_argument("--b-chunk", type=int, default=1500, help="rows of B per chunk")
+    parser.add_argument("--scheduler", choices=["threads", "sync"], default="threads",
+                        help="dask's threaded scheduler, or one task at a time on all numba threads")
     parser.add_argument("--workers", type=int, default=2, help="threads of dask's threaded scheduler")
     parser.add_argument("--reference-rows", type=int, default=24,
                         help="rows of A in the in-memory bandwidth measurement (24 x 3000 rows: 0.9 GB)")
@@ -64,7 +66,7 @@ def main():
           f"{C.nbytes / C.npartitions / 1e6:.1f} MB")
 
     start = time.perf_counter()
-    with dask.config.set(scheduler="threads", num_workers=args.workers):
+    with dask.config.set(scheduler=args.scheduler, num_workers=args.workers):
         total, a_sum, b_sum = dask.compute(C.sum(dtype=np.float64), A.sum(axis=0, dtype=np.float64),
                                            B.sum(axis=0, dtype=np.float64))
     seconds = time.perf_counter() - start
@@ -74,7 +76,7 @@ def main():
 
     rate = logical / seconds
     print(f"sum = {total:.6e} (sum(A, 0) * sum(B, 0) gives {expected:.6e})")
-    print(f"dask: {seconds:.1f} s, {rate:.2f} GB/s of result, peak RSS {peak:.2f} GB")
+    print(f"dask ({args.scheduler}): {seconds:.1f} s, {rate:.2f} GB/s of result, peak RSS {peak:.2f} GB")
     print(f"in-memory kernel: {reference:.2f} GB/s written; dask / in-memory = {rate / reference:.2f}")
 
 

@@ -36,12 +36,20 @@ def accepts_dask(func):
 
 
 _modules = sys.modules
+_dask_array = []  # dask.array.Array, looked up once
 
 
 def _holds_dask(args, kwargs):
-    array_type = _modules["dask.array"].Array
-    return any(isinstance(a, array_type) for a in args) or \
-        any(isinstance(a, array_type) for a in kwargs.values())
+    if not _dask_array:
+        _dask_array.append(_modules["dask.array"].Array)
+    array_type = _dask_array[0]
+    for value in args:
+        if isinstance(value, array_type):
+            return True
+    for value in kwargs.values():
+        if isinstance(value, array_type):
+            return True
+    return False
 
 
 def as_array(func, name, value):

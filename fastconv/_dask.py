@@ -21,6 +21,7 @@ public function, so importing fastconv never imports dask.
   numba's thread count is per Python thread, so the setting is restored after
   each task and never leaks to the scheduler's other threads.
 """
+import itertools
 import operator
 import sys
 import threading
@@ -29,6 +30,8 @@ from contextlib import contextmanager, nullcontext
 import dask.array as da
 import numba
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from . import _args, _blas, activations, columns, conv, conv_grad, fully_connected, hadamard
 from ._args import check_ndim, geometry
@@ -113,11 +116,11 @@ def _whole(value):
 
 
 def _lazy(value, chunks=None):
-    """A batched argument as a dask array (an in-memory one becomes one block)."""
+    """A batched argument as a dask array rechunked to ``chunks`` (an in-memory one
+    becomes one block)."""
     if _is_dask(value):
         return value if chunks is None else value.rechunk(chunks)
-    value = np.asarray(value)
-    return da.from_array(value, chunks=-1 if chunks is None else chunks)
+    return _whole(value)
 
 
 def _no_out(func, out):
@@ -146,11 +149,6 @@ def _aligned_chunks(chunks, unit):
 
 # ---------------------------------------------------------------- batch_outer_hadamard
 
-def _outer_block(a, b):
-    """Rows ``a`` x rows ``b`` as an (na, nb, *S) block."""
-    return hadamard.batch_outer_hadamard(a, b).reshape(a.shape[0], b.shape[0], *a.shape[1:])
-
-
 def batch_outer_hadamard(A, B, *, out=None):
     func = "batch_outer_hadamard"
     _no_out(func, out)
@@ -159,9 +157,20 @@ def batch_outer_hadamard(A, B, *, out=None):
     if B.numblocks[0] > 1:
         # rows i*nb + j of one B chunk are contiguous only for one row i of A
         A = A.rechunk({0: 1})
-    tail = "".join(chr(ord("k") + d) for d in range(A.ndim - 1))
-    pairs = _map(_outer_block, "ij" + tail, A, "i" + tail, B, "j" + tail, dtype=dtype)
-    return pairs.reshape(A.shape[0] * B.shape[0], *A.shape[1:])
+    B = B.rechunk((B.chunks[0], *A.chunks[1:]))
+    # One task per (A chunk, B chunk, S block) writes one block of rows, with no
+    # reshaping layer in between: at a few MB per block dask's cost per task counts.
+    name = f"{func}-{tokenize(A, B)}"
+    threads, b_blocks = numba.get_num_threads(), B.numblocks[0]
+    tails = list(itertools.product(*(range(n) for n in A.numblocks[1:])))
+    layer = {
+        (name, i * b_blocks + j, *t):
+            (_run, hadamard.batch_outer_hadamard, threads, (A.name, i, *t), (B.name, j, *t))
+        for i in range(A.numblocks[0]) for j in range(b_blocks) for t in tails
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[A, B])
+    rows = tuple(a * b for a in A.chunks[0] for b in B.chunks[0])
+    return da.Array(graph, name, (rows, *A.chunks[1:]), meta=np.empty((0,) * A.ndim, dtype))
 
 
 # ---------------------------------------------------------------- im2col / col2im

@@ -268,3 +268,19 @@ def test_distributed_local_cluster():
     go = fc.conv2d(x, w, stride=2, padding=1)
     assert_matches(grad_w, fc.conv2d_grad_weight(x, go, w.shape, stride=2, padding=1))
     assert set(threads.tolist()) == {1}
+
+
+@pytest.mark.parametrize("subscripts, shapes, chunks", [
+    ("ijk,kl->il", [(6, 5, 4), (4, 7)], [(2, 3, 2), (2, 3)]),
+    ("ijk,kl->ijl", [(6, 5, 4), (4, 7)], [(2, 5, 4), (4, 7)]),
+    ("ijk->", [(6, 5, 4)], [(4, 2, 3)]),
+    ("...k,kl->...l", [(6, 5, 4), (4, 7)], [(3, 2, 2), (2, 7)]),
+    ("nchw,nchw->nc", [(4, 3, 5, 5), (4, 3, 5, 5)], [(2, 3, 2, 5), (4, 1, 5, 3)]),
+])
+def test_einsum(subscripts, shapes, chunks):
+    if not hasattr(fc, "einsum"):
+        pytest.skip("fastconv.einsum is not part of this build")
+    rng = np.random.default_rng(8)
+    operands = [random_array(rng, shape) for shape in shapes]
+    lazy = fc.einsum(subscripts, *(da.from_array(a, chunks=c) for a, c in zip(operands, chunks)))
+    compare(lazy, np.einsum(subscripts, *operands))
