@@ -3,8 +3,10 @@
 Kernels trust their callers: every check lives here and runs before a kernel.
 Messages name the function, the argument and the shapes involved.
 """
+import functools
 import math
 import operator
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -14,6 +16,40 @@ KERNEL_TYPES = (np.float32, np.float64)
 #: output size) are kept below this bound so that the kernels' int64 index
 #: arithmetic (sums of a few such terms) cannot overflow.
 INDEX_LIMIT = 2**62
+
+
+def accepts_dask(func):
+    """Let ``func`` take dask arrays: a call with any dask array among its arguments
+    returns the lazy result built by the function of the same name in
+    :mod:`fastconv._dask`. The check is one dictionary lookup until dask.array has
+    been imported, so NumPy calls pay nothing for it, and fastconv never imports dask."""
+    name = func.__name__
+
+    @functools.wraps(func)
+    def dispatch(*args, **kwargs):
+        if _modules.get("dask.array") is not None and _holds_dask(args, kwargs):
+            from . import _dask
+            return getattr(_dask, name)(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    return dispatch
+
+
+_modules = sys.modules
+_dask_array = []  # dask.array.Array, looked up once
+
+
+def _holds_dask(args, kwargs):
+    if not _dask_array:
+        _dask_array.append(_modules["dask.array"].Array)
+    array_type = _dask_array[0]
+    for value in args:
+        if isinstance(value, array_type):
+            return True
+    for value in kwargs.values():
+        if isinstance(value, array_type):
+            return True
+    return False
 
 
 def as_array(func, name, value):

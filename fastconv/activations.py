@@ -11,7 +11,7 @@ import numpy as np
 from numba import prange
 
 from . import reference
-from ._args import allocate, as_array, contiguous, integer, uses_kernel
+from ._args import accepts_dask, allocate, as_array, contiguous, integer, uses_kernel
 from ._config import kernel
 from ._intrinsics import add_reassoc, exp_nonpositive, max_ignoring_nan
 
@@ -156,6 +156,7 @@ def _along_axis(rows_kernel, strided_kernel, inputs, axis, result):
     return result
 
 
+@accepts_dask
 def softmax(x, axis=-1):
     """Numerically stable softmax ``exp(x - max) / sum(exp(x - max))`` along ``axis``.
 
@@ -187,6 +188,7 @@ def softmax(x, axis=-1):
     return _along_axis(_softmax_rows, _softmax_strided, [contiguous(x, x.dtype)], axis, result)
 
 
+@accepts_dask
 def softmax_backward(s, grad_s, axis=-1):
     """Gradient of :func:`softmax` in closed form: ``s * (grad_s - sum(s * grad_s, axis))``.
 

@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from . import reference
-from ._args import as_array, check_ndim, contiguous, geometry, output, uses_kernel
+from ._args import accepts_dask, as_array, check_ndim, contiguous, geometry, output, uses_kernel
 from ._args import input_shape as _shape_argument
 from ._config import kernel, serial_kernel
 
@@ -174,6 +174,7 @@ def col2im_into(cols, geom, out):
     return out
 
 
+@accepts_dask
 def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
     """Sliding windows of an NCHW batch as the columns of a matrix.
 
@@ -217,6 +218,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
     return im2col_into(contiguous(x, x.dtype), geom, result)
 
 
+@accepts_dask
 def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1, out=None):
     """Scatter-add columns back into an NCHW batch: the adjoint of :func:`im2col`.
 

@@ -32,6 +32,7 @@ from numba import prange
 
 from . import _blas, _winograd, _workspace, reference
 from ._args import (
+    accepts_dask,
     as_array,
     check_bias,
     check_ndim,
@@ -388,6 +389,7 @@ def _stacked_chunks(x, w2, out3, cols, geom, groups, chunk, band, stride, fold_b
                     np.matmul(w2[g], buf[:, g * rg:(g + 1) * rg], out=dst[:, g * og:(g + 1) * og])
 
 
+@accepts_dask
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, out=None):
     """2-D cross-correlation of an NCHW batch with OIHW filters, as ``torch.nn.functional.conv2d``.
 

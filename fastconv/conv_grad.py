@@ -23,7 +23,16 @@ import numpy as np
 from numba import prange
 
 from . import _blas, _winograd, _workspace, reference
-from ._args import Geometry, as_array, check_ndim, contiguous, conv_groups, geometry, uses_kernel
+from ._args import (
+    Geometry,
+    accepts_dask,
+    as_array,
+    check_ndim,
+    contiguous,
+    conv_groups,
+    geometry,
+    uses_kernel,
+)
 from ._args import input_shape as shape_argument
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel
@@ -198,6 +207,7 @@ def _image_chunks(grad_out, rows):
             yield images, cols_buffer[:rows * width].reshape(rows, width), grads
 
 
+@accepts_dask
 def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of :func:`fastconv.conv2d` with respect to its input ``x``.
 
@@ -273,6 +283,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
     return dx
 
 
+@accepts_dask
 def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of :func:`fastconv.conv2d` with respect to its ``weight``.
 
@@ -346,6 +357,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     return dW
 
 
+@accepts_dask
 def conv2d_grad_bias(grad_out):
     """Gradient of :func:`fastconv.conv2d` with respect to its ``bias``: ``grad_out.sum((0, 2, 3))``.
 

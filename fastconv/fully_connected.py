@@ -6,7 +6,7 @@ runs inside a numba ``prange``.
 import numpy as np
 
 from . import reference
-from ._args import allocate, as_array, check_ndim, uses_kernel
+from ._args import accepts_dask, allocate, as_array, check_ndim, uses_kernel
 
 __all__ = ["linear", "linear_backward"]
 
@@ -36,6 +36,7 @@ def _linear_operands(func, x, W, other, other_name):
         )
 
 
+@accepts_dask
 def linear(x, W, b=None):
     """Fully connected layer ``x @ W + b`` with the weight stored as (I, O).
 
@@ -72,6 +73,7 @@ def linear(x, W, b=None):
     return result
 
 
+@accepts_dask
 def linear_backward(x, W, grad_out):
     """Gradients of :func:`linear` with respect to x, W and b.
 

@@ -5,7 +5,7 @@ import numpy as np
 from numba import prange
 
 from . import reference
-from ._args import as_array, contiguous, output, uses_kernel
+from ._args import accepts_dask, as_array, contiguous, output, uses_kernel
 from ._config import kernel
 
 _FUNC = "batch_outer_hadamard"
@@ -28,6 +28,7 @@ def _outer_hadamard(A, B, out, block):
             o[k] = a[k] * b[k]
 
 
+@accepts_dask
 def batch_outer_hadamard(A, B, *, out=None):
     """Batch outer-Hadamard product of two stacks of equally shaped arrays.
 
