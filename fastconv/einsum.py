@@ -98,8 +98,10 @@ def einsum(*operands, out=None, optimize=False, **kwargs):
                 and (not kwargs or _plain(kwargs, a, b))):
             order = kwargs.get("order", "K") if kwargs else "K"
             try:
-                key = (subscripts, a.dtype, b.dtype, 1 in a.shape and tuple(map(_ONE, a.shape)),
-                       1 in b.shape and tuple(map(_ONE, b.shape)),
+                # The size-1 axes, or where there are none, the number of axes.
+                key = (subscripts, a.dtype, b.dtype,
+                       tuple(map(_ONE, a.shape)) if 1 in a.shape else a.ndim,
+                       tuple(map(_ONE, b.shape)) if 1 in b.shape else b.ndim,
                        "C" if a.flags.c_contiguous else _layout(a),
                        "C" if b.flags.c_contiguous else _layout(b), order, optimize, out is None)
                 plan = _plans[key]
@@ -258,8 +260,7 @@ def _make_plan(key, a, b):
     memory_labels = [result_labels[axis] for axis in memory]
     if not live_result and not summed:
         raise _NumpyRoute
-    context = _Context(labels_a, labels_b, result_labels, shared, memory_labels, result_dtype,
-                       scalar, fresh, order)
+    context = _Context(labels_a, labels_b, result_labels, shared, memory_labels, result_dtype, scalar)
     if not summed:
         return _MultiplyPlan(context, live_a, live_b)
     if summed <= set(live_a) & set(live_b):
@@ -270,16 +271,9 @@ def _make_plan(key, a, b):
 class _Context:
     """What every route needs to check a call and allocate its result."""
 
-    def __init__(self, labels_a, labels_b, result_labels, shared, memory_labels, dtype, scalar,
-                 fresh, order):
+    def __init__(self, labels_a, labels_b, result_labels, shared, memory_labels, dtype, scalar):
         self.labels_a, self.labels_b, self.result_labels = labels_a, labels_b, result_labels
-        self.shared, self.memory_labels, self.dtype = shared, memory_labels, dtype
-        self.scalar, self.fresh, self.order = scalar, fresh, order
-        # Each result axis: where its size comes from.
-        self.result_sources = [
-            (0, labels_a.index(label)) if label in labels_a else (1, labels_b.index(label))
-            for label in result_labels
-        ]
+        self.shared, self.memory_labels, self.dtype, self.scalar = shared, memory_labels, dtype, scalar
 
     def sizes(self, a, b, minimum):
         """Label sizes and the work (the product of all sizes), or None when the

@@ -120,7 +120,7 @@ def test_layouts(rng, subscripts, shape_a, shape_b, layout):
     ("no,oi->nio", (64, 50), (50, 50), "_MultiplyPlan"),
     ("no,ni->nio", (64, 50), (64, 50), "_MultiplyPlan"),
     ("nio,no->ni", (64, 50, 50), (64, 50), "_MatmulPlan"),
-    ("o,os->os", (300,), (300, 300), "_MultiplyPlan"),
+    ("o,os->os", (600,), (600, 600), "_MultiplyPlan"),
     ("ni,no->io", (2, 3), (2, 4), "numpy"),  # too small to gain
     ("ij,jk->ik", np.array([[1, 2]]), np.array([[3], [4]]), "numpy"),  # integers
 ])
@@ -301,8 +301,19 @@ def test_drawn_calls(call):
 
 
 @pytest.mark.slow
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(einsum_calls())
 def test_drawn_calls_many(call):
     with small_problems_on_kernels():
         check_call(*call)
+
+
+# Previously failed.
+
+@pytest.mark.usefixtures("fast_routes")
+def test_plans_tell_ellipsis_ndims_apart():
+    """A plan made for one number of ellipsis axes served another (no size-1 axes)."""
+    for shape in [(2, 3), (2,), ()]:
+        a = np.full(shape, 2.0)
+        assert_same(fc.einsum("...,", a, np.array(3.0)), numpy_einsum("...,", a, np.array(3.0)))
+        assert_same(fc.einsum("...,...", a, a), numpy_einsum("...,...", a, a))
