@@ -96,29 +96,42 @@ def einsum(*operands, out=None, optimize=False, **kwargs):
         subscripts, a, b = operands
         if (type(a) is np.ndarray and type(b) is np.ndarray and type(subscripts) is str
                 and (not kwargs or _plain(kwargs, a, b))):
-            order = kwargs.get("order", "K") if kwargs else "K"
-            try:
-                # The size-1 axes, or where there are none, the number of axes.
-                key = (subscripts, a.dtype, b.dtype,
-                       tuple(map(_ONE, a.shape)) if 1 in a.shape else a.ndim,
-                       tuple(map(_ONE, b.shape)) if 1 in b.shape else b.ndim,
-                       "C" if a.flags.c_contiguous else _layout(a),
-                       "C" if b.flags.c_contiguous else _layout(b), order, optimize, out is None)
-                plan = _plans[key]
-            except KeyError:
-                plan = _plan(key, a, b)
-            except TypeError:  # an unhashable optimize (an explicit path)
-                plan = None
-            if plan is not None:
-                result = plan(a, b, out)
+            if a.size * b.size >= min(_MULTIPLY_MIN_WORK, _MATMUL_MIN_WORK):  # may pay a kernel
+                result = _planned(subscripts, a, b, out, optimize, kwargs)
                 if result is not None:
                     return result
             if optimize is False and _c_einsum is not None:
-                # What np.einsum does with optimize=False, minus its dispatch.
-                if out is not None:
-                    kwargs["out"] = out
-                return _c_einsum(*operands, **kwargs)
+                return _plain_einsum(operands, out, kwargs)
+    elif (len(operands) == 2 and optimize is False and _c_einsum is not None
+            and type(operands[0]) is str and type(operands[1]) is np.ndarray):
+        return _plain_einsum(operands, out, kwargs)
     return _numpy_einsum(*operands, out=out, optimize=optimize, **kwargs)
+
+
+def _plain_einsum(operands, out, kwargs):
+    """What np.einsum does with optimize=False, minus its ``__array_function__``
+    dispatch (the operands are base-class ndarrays)."""
+    if out is not None:
+        kwargs["out"] = out
+    return _c_einsum(*operands, **kwargs)
+
+
+def _planned(subscripts, a, b, out, optimize, kwargs):
+    """The result from the call's plan, or None where NumPy's einsum is to run it."""
+    order = kwargs.get("order", "K") if kwargs else "K"
+    try:
+        # The size-1 axes, or where there are none, the number of axes.
+        key = (subscripts, a.dtype, b.dtype,
+               tuple(map(_ONE, a.shape)) if 1 in a.shape else a.ndim,
+               tuple(map(_ONE, b.shape)) if 1 in b.shape else b.ndim,
+               "C" if a.flags.c_contiguous else _layout(a),
+               "C" if b.flags.c_contiguous else _layout(b), order, optimize, out is None)
+        plan = _plans[key]
+    except KeyError:
+        plan = _plan(key, a, b)
+    except TypeError:  # an unhashable optimize (an explicit path)
+        return None
+    return None if plan is None else plan(a, b, out)
 
 
 def _plain(kwargs, a, b):
@@ -450,23 +463,26 @@ class _MatmulPlan:
         if fit is None:
             return None
         sizes, work = fit
+        n_batch, n_rows, n_columns, n_summed = (
+            math.prod(sizes[label] for label in group)
+            for group in (self.batch, self.rows, self.columns, self.summed))
+        if n_batch > 1 and min(n_rows, n_columns) == 1:
+            return None  # NumPy's einsum beats matmul's loop of matrix-vector products
         if out is not None and not _fits_out(context, out, sizes, a, b):
             return None
         result, buffer = context.result(sizes, out)
         dtype = context.dtype
-        n_batch, n_rows, n_columns, n_summed = (
-            math.prod(sizes[label] for label in group)
-            for group in (self.batch, self.rows, self.columns, self.summed))
         x = _viewed(a, context.labels_a, self.batch + self.rows + self.summed, dtype)
         y = _viewed(b, context.labels_b, self.batch + self.summed + self.columns, dtype)
-        x = x.reshape(n_batch, n_rows, n_summed)
-        y = y.reshape(n_batch, n_summed, n_columns)
+        lead = (n_batch,) if self.batch else ()
+        x = x.reshape(*lead, n_rows, n_summed)
+        y = y.reshape(*lead, n_summed, n_columns)
         if buffer is not None and self.direct:
-            np.matmul(x, y, out=buffer.reshape(n_batch, n_rows, n_columns))
+            np.matmul(x, y, out=buffer.reshape(*lead, n_rows, n_columns))
             return context.finish(result, buffer, out, buffer)
         if buffer is not None and self.swapped:
-            np.matmul(y.transpose(0, 2, 1), x.transpose(0, 2, 1),
-                      out=buffer.reshape(n_batch, n_columns, n_rows))
+            np.matmul(np.swapaxes(y, -1, -2), np.swapaxes(x, -1, -2),
+                      out=buffer.reshape(*lead, n_columns, n_rows))
             return context.finish(result, buffer, out, buffer)
         product = np.matmul(x, y).reshape([sizes[label] for label in self.batch + self.rows + self.columns])
         memory = context.memory_labels
