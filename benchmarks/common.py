@@ -24,7 +24,10 @@ Per operation (``Conv2d`` stands for any):
   (resident set high-water mark reset just before the call), per method, on the
   workload with the most bytes, in float32.
 """
+import ctypes
+import ctypes.util
 import gc
+import importlib
 import importlib.util
 import os
 import statistics
@@ -39,6 +42,15 @@ THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))
 for _variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = str(THREADS)
 
+
+# asv forks each benchmark from a server process that imported this suite: what
+# is imported here is paid once, not in every benchmark. Each is optional (an old
+# commit's environment may lack it).
+for _module in ("numpy", "numba", "threadpoolctl", "fastconv", "torch"):
+    try:
+        importlib.import_module(_module)
+    except ImportError:
+        pass
 
 #: Wall-clock timer: the kernels are parallel, process time would count both cores.
 TIMER = timeit.default_timer
@@ -135,10 +147,24 @@ def _memory_status():
     return fields
 
 
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def map_large_allocations():
+    """glibc serves every allocation above 128 KB with its own mapping, returned to
+    the system when freed (a fixed threshold: glibc otherwise raises it after the
+    first large free and keeps later arrays in its heap, where they stay resident
+    and a call reusing them would seem to need no memory)."""
+    _libc().mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
 def peak_memory(run):
-    """Bytes a call adds to the resident set at its peak: the high-water mark is
-    reset just before the call, so setup and earlier calls do not count."""
+    """Bytes a call adds to the resident set at its peak: freed memory is returned
+    to the system and the high-water mark reset just before the call, so setup and
+    earlier calls do not count."""
     gc.collect()
+    _libc().malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # reset the resident set's high-water mark (Linux)
@@ -220,6 +246,7 @@ def operation_suite(op_name):
         def setup(self, workload, method):
             if method == "reference" and not registry.reference_is_cheap(op, workload):
                 raise NotImplementedError("the einsum reference takes many seconds here")
+            map_large_allocations()
             self.run = build(op_name, workload, method, "float32")
 
         def track_peak_memory(self, workload, method):
