@@ -45,8 +45,9 @@ for _variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 # asv forks each benchmark from a server process that imported this suite: what
 # is imported here is paid once, not in every benchmark. Each is optional (an old
-# commit's environment may lack it).
-for _module in ("numpy", "numba", "threadpoolctl", "fastconv", "torch"):
+# commit's environment may lack it). torch is not among them: a process timing
+# fastconv does not load torch's OpenMP runtime beside numba's.
+for _module in ("numpy", "numba", "threadpoolctl", "fastconv"):
     try:
         importlib.import_module(_module)
     except ImportError:

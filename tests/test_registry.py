@@ -73,3 +73,12 @@ def test_reference_is_timed_by_asv_only_where_it_is_cheap():
     assert reference_is_cheap(OPERATIONS["conv2d"], "resnet_1x64x56x56_k3")
     assert not reference_is_cheap(OPERATIONS["conv2d"], "resnet_16x256x14x14_k3")
     assert not reference_is_cheap(OPERATIONS["softmax_backward"], "imagenet_4096x1000")
+
+
+def test_every_operation_has_its_asv_benchmarks():
+    """benchmarks/bench_*.py build their classes from the registry, one
+    ``operation_suite(name)`` per operation."""
+    from pathlib import Path
+    sources = " ".join(p.read_text() for p in (Path(__file__).parents[1] / "benchmarks").glob("bench_*.py"))
+    for name in OPERATIONS:
+        assert f'operation_suite("{name}")' in sources, name
