@@ -85,13 +85,13 @@ def pin_threads():
         pass
 
 
-def build(op_name, workload, method, dtype):
-    """A no-argument callable running ``method`` on the named workload, after a
-    warm-up. NotImplementedError where the method or its arguments do not exist
-    at this commit."""
+def build(op_name, workload, method, dtype, seed=0):
+    """A no-argument callable running ``method`` on the named workload (arrays
+    drawn from ``seed``), after a warm-up. NotImplementedError where the method or
+    its arguments do not exist at this commit."""
     pin_threads()
     op = registry.OPERATIONS[op_name]
-    args, kwargs = op.arguments(workload, dtype)
+    args, kwargs = op.arguments(workload, dtype, seed)
     run = op.method(method, args, kwargs)
     if method == "torch":
         registry.torch_module().set_num_threads(THREADS)
@@ -129,10 +129,13 @@ def median_time(run, min_seconds=0.02, calls=3):
     return statistics.median(times)
 
 
-def speedup(fast, baseline, rounds=5):
-    """Median over alternating rounds of baseline time / fast time."""
+def speedup(pairs, rounds=6):
+    """Median over rounds of baseline time / fast time, the two timed in turn on
+    the same arrays; the rounds cycle through ``pairs`` of (fast, baseline) built
+    on separately allocated arrays (the arrays' alignment moves both times)."""
     ratios = []
-    for _ in range(rounds):
+    for round_ in range(rounds):
+        fast, baseline = pairs[round_ % len(pairs)]
         fast_time = median_time(fast)
         ratios.append(median_time(baseline) / fast_time)
     return statistics.median(ratios)
@@ -208,11 +211,11 @@ def operation_suite(op_name):
         def setup(self, workload, dtype):
             if op.baseline == "reference" and not registry.reference_is_cheap(op, workload):
                 raise NotImplementedError("the einsum reference takes seconds here")
-            self.fast = build(op_name, workload, "fastconv", dtype)
-            self.baseline = build(op_name, workload, op.baseline, dtype)
+            self.pairs = [(build(op_name, workload, "fastconv", dtype, seed),
+                           build(op_name, workload, op.baseline, dtype, seed)) for seed in range(3)]
 
         def track_speedup(self, workload, dtype):
-            return speedup(self.fast, self.baseline)
+            return speedup(self.pairs)
 
         track_speedup.unit = f"x (fastconv over {op.baseline})"
 
