@@ -13,10 +13,10 @@ Per operation (``Conv2d`` stands for any):
 
 * ``Conv2d.time_conv2d`` - fastconv, steady state (kernels compiled or loaded
   and pages touched in ``setup``), per workload and dtype;
-* ``Conv2dSpeedup.track_speedup`` - fastconv's speed-up over the operation's
-  baseline (a plain NumPy recipe or the einsum reference), both timed in
-  alternating rounds in one process, so that a slower or busier machine moves
-  both and the ratio stays;
+* ``Conv2dRelative.track_relative_time`` - fastconv's time as a fraction of the
+  operation's baseline (a plain NumPy recipe or the einsum reference; lower is
+  better, as asv assumes), both timed in alternating rounds in one process, so
+  that a slower or busier machine moves both and the ratio stays;
 * ``Conv2dPeers.time_conv2d`` - the peers (torch, the from-scratch recipes);
 * ``Conv2dReference.time_conv2d`` - the einsum reference, on the workloads where
   it takes at most a few seconds;
@@ -129,15 +129,15 @@ def median_time(run, min_seconds=0.02, calls=3):
     return statistics.median(times)
 
 
-def speedup(pairs, rounds=6):
-    """Median over rounds of baseline time / fast time, the two timed in turn on
+def relative_time(pairs, rounds=6):
+    """Median over rounds of fast time / baseline time, the two timed in turn on
     the same arrays; the rounds cycle through ``pairs`` of (fast, baseline) built
     on separately allocated arrays (the arrays' alignment moves both times)."""
     ratios = []
     for round_ in range(rounds):
         fast, baseline = pairs[round_ % len(pairs)]
         fast_time = median_time(fast)
-        ratios.append(median_time(baseline) / fast_time)
+        ratios.append(fast_time / median_time(baseline))
     return statistics.median(ratios)
 
 
@@ -203,7 +203,7 @@ def operation_suite(op_name):
         def setup(self, workload, dtype):
             self.run = build(op_name, workload, "fastconv", dtype)
 
-    class Speedup:
+    class Relative:
         params = [workloads, DTYPES]
         param_names = ["workload", "dtype"]
         timeout = 120
@@ -214,10 +214,10 @@ def operation_suite(op_name):
             self.pairs = [(build(op_name, workload, "fastconv", dtype, seed),
                            build(op_name, workload, op.baseline, dtype, seed)) for seed in range(3)]
 
-        def track_speedup(self, workload, dtype):
-            return speedup(self.pairs)
+        def track_relative_time(self, workload, dtype):
+            return relative_time(self.pairs)
 
-        track_speedup.unit = f"x (fastconv over {op.baseline})"
+        track_relative_time.unit = f"fastconv time / {op.baseline} time"
 
     class Peers:
         params = [workloads, peers, DTYPES]
@@ -260,7 +260,7 @@ def operation_suite(op_name):
 
     for cls in (Fast, Peers, Reference):
         setattr(cls, timed, time_call)
-    suite = {"": Fast, "Speedup": Speedup, "Peers": Peers, "Reference": Reference, "Memory": Memory}
+    suite = {"": Fast, "Relative": Relative, "Peers": Peers, "Reference": Reference, "Memory": Memory}
     classes = {}
     for suffix, cls in suite.items():
         cls.__name__ = cls.__qualname__ = name + suffix
