@@ -3,7 +3,7 @@ process, numpy imported before fastconv, methods alternated over rounds, the
 best median per pair kept; prints torch time / fastconv time per shape.
 
     python benchmarks/isolated.py conv2d float32 --rounds 2
-    python benchmarks/isolated.py conv2d_backward float32 --shapes resnet_56_n1,resnet_28_n8
+    python benchmarks/isolated.py conv2d_backward float32 --shapes resnet_1x64x56x56_k3
     python benchmarks/isolated.py conv2d float32 --methods fastconv --first fastconv   # import order
     python benchmarks/isolated.py conv2d float32 --busy   # with the other core kept busy
 
@@ -22,16 +22,8 @@ import sys, time, json
 import {first}
 import numpy as np
 sys.path.insert(0, {root!r})
-kind, shape, method, dtype = {args!r}
-if kind == "conv2d":
-    from benchmarks.bench_conv2d import _setup
-    run, _ = _setup(shape, method, dtype)
-else:
-    from benchmarks.bench_conv_grad import Conv2dBackward
-    bench = Conv2dBackward()
-    bench.setup(shape, method, dtype)
-    run = bench.run
-run(); run()
+from benchmarks.common import build
+run = build(*{args!r})
 times, stop = [], time.perf_counter() + 3.0
 while len(times) < 30 and (time.perf_counter() < stop or len(times) < 5):
     start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
@@ -42,16 +34,16 @@ print(json.dumps(float(np.median(times))))
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
-    from benchmarks.bench_conv2d import CONV2D
-    from benchmarks.bench_conv_grad import CONV2D_BACKWARD
+    from benchmarks.common import registry
 
-    shapes = {"conv2d": CONV2D, "conv2d_backward": CONV2D_BACKWARD}
+    shapes = {op: registry.OPERATIONS[op].workloads for op in ("conv2d", "conv2d_backward")}
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=sorted(shapes), help="the operation")
     parser.add_argument("dtype", choices=["float32", "float64"], help="the dtype")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
-    parser.add_argument("--shapes", help="comma-separated shape names (default: all)")
+    parser.add_argument("--shapes", help="comma-separated workload names, or their former names "
+                                         "(default: all)")
     parser.add_argument("--methods", default="fastconv,torch", help="default: fastconv,torch")
     parser.add_argument("--first", choices=["numpy", "fastconv"], default="numpy",
                         help="the module each process imports first (default: numpy)")
@@ -67,7 +59,12 @@ def main():
 
 
 def _campaign(opts, root, shapes):
-    names = opts.shapes.split(",") if opts.shapes else list(shapes[opts.kind])
+    workloads = shapes[opts.kind]
+    former = {w.former: name for name, w in workloads.items()}
+    names = [former.get(n, n) for n in opts.shapes.split(",")] if opts.shapes else list(workloads)
+    unknown = [n for n in names if n not in workloads]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(workloads)}")
     methods = opts.methods.split(",")
     best = {}
     for r in range(opts.rounds):
@@ -87,7 +84,7 @@ def _campaign(opts, root, shapes):
         if "fastconv" in times and "torch" in times:
             ratios.append(times["torch"] / times["fastconv"])
             line += f"  torch/fastconv {ratios[-1]:.2f}x"
-        print(f"{name:14s} {line}")
+        print(f"{name:26s} {line}")
     if ratios:
         geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
         print(f"geomean {geomean:.2f}x, min {min(ratios):.2f}x")

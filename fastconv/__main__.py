@@ -1,139 +1,75 @@
-"""``python -m fastconv``: every operation on its named workloads
-(:mod:`fastconv._workloads`), beside its einsum reference and its peers,
-checked for agreement and timed."""
+"""``python -m fastconv``: every operation of fastconv on its named workloads,
+beside its einsum reference (``fastconv.reference``) and its peers (NumPy
+recipes, torch where installed), checked for agreement with the reference and
+timed.
+
+Times are steady-state medians: each method is called once untimed before its
+timed calls. The first call of fastconv's kernels in a process compiles them or
+loads them from numba's on-disk cache; that cost is reported per operation in
+its own table, marked "cold" where kernels had to be compiled. Speed-ups are
+always "how many times faster fastconv is": the other method's time over
+fastconv's ("x reference", and the "(x)" after each peer's time). The einsum
+reference of softmax_backward builds a Jacobian per row: on large batches it is
+timed on its first rows and scaled ("scaled").
+"""
 import argparse
+import json
 import sys
 import time
 
 import numpy as np
 
 import fastconv as fc
-from fastconv import _workloads as W
-
-#: Agreement tolerance relative to max |reference| (summation order differs).
-RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+from fastconv._registry import OPERATIONS, RTOL
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+class _CompileCounter:
+    """Counts numba compilations (cache loads are not compilations)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __enter__(self):
+        try:
+            from numba.core import event
+        except ImportError:  # no numba event API: report no compilations
+            self._listener = None
+            return self
+        counter = self
+
+        class Listener(event.Listener):
+            def on_start(self, ev):
+                counter.count += 1
+
+            def on_end(self, ev):
+                pass
+
+        self._listener = Listener()
+        event.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        if self._listener is not None:
+            from numba.core import event
+            event.unregister("numba:compile", self._listener)
 
 
-def _conv_args(rng, dtype, n, c, h, w, o, k, stride, padding, groups=1):
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((o, c // groups, k, k)).astype(dtype)
-    bias = rng.standard_normal(o).astype(dtype)
-    return (x, weight, bias), dict(stride=stride, padding=padding, groups=groups)
-
-
-def _conv_backward(module):
-    def backward(x, weight, grad_out, **kw):
-        return (module.conv2d_grad_input(grad_out, weight, x.shape, **kw),
-                module.conv2d_grad_weight(x, grad_out, weight.shape, **kw),
-                module.conv2d_grad_bias(grad_out))
-    return backward
-
-
-def _jobs(rng, dtype, quick):
-    """(op, workload, args, kwargs, {method: callable}) for every implemented op."""
-    torch = _torch()
-    T = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if torch else None
-    pick = (lambda table: dict(list(table.items())[:2])) if quick else (lambda table: table)
-
-    for name, (na, nb, nx, ny) in pick(W.HADAMARD).items():
-        A = rng.standard_normal((na, nx, ny)).astype(dtype)
-        B = rng.standard_normal((nb, nx, ny)).astype(dtype)
-        methods = {"numpy_broadcast": lambda A=A, B=B: (A[:, None] * B[None]).reshape(-1, *A.shape[1:])}
-        if torch:
-            methods["torch"] = lambda A=T(A), B=T(B): (A[:, None] * B[None]).reshape(-1, *A.shape[1:])
-        yield "batch_outer_hadamard", name, (A, B), {}, methods
-
-    if hasattr(fc, "im2col"):
-        for name, (n, c, h, w, k, s, p) in pick(W.IM2COL).items():
-            x = rng.standard_normal((n, c, h, w)).astype(dtype)
-            methods = {}
-            if torch:
-                unfold = torch.nn.functional.unfold
-                methods["torch"] = lambda x=T(x), k=k, s=s, p=p: unfold(x, k, stride=s, padding=p)
-            yield "im2col", name, (x, k), dict(stride=s, padding=p), methods
-
-    if hasattr(fc, "conv2d"):
-        for name, dims in pick(W.CONV2D).items():
-            args, kw = _conv_args(rng, dtype, *dims)
-            methods = {}
-            if torch:
-                targs = [T(a) for a in args]
-                methods["torch"] = lambda targs=targs, kw=kw: torch.nn.functional.conv2d(*targs, **kw)
-            yield "conv2d", name, args, kw, methods
-
-    if hasattr(fc, "conv2d_grad_input"):
-        for name, dims in pick(W.CONV2D_BACKWARD).items():
-            (x, weight, _), kw = _conv_args(rng, dtype, *dims)
-            grad_out = fc.conv2d(x, weight, **kw)
-            methods = {}
-            if torch:
-                tx, tw = T(x).requires_grad_(), T(weight).requires_grad_()
-                tb = torch.zeros(len(weight), dtype=tx.dtype, requires_grad=True)
-                y = torch.nn.functional.conv2d(tx, tw, tb, **kw)
-                methods["torch"] = lambda y=y, inputs=(tx, tw, tb), g=T(grad_out): torch.autograd.grad(
-                    y, inputs, g, retain_graph=True)
-            yield "conv2d_backward", name, (x, weight, grad_out), kw, methods
-
-    if hasattr(fc, "linear"):
-        for name, (n, i, o) in pick(W.LINEAR).items():
-            args = tuple(rng.standard_normal(s).astype(dtype) for s in [(n, i), (i, o), (o,)])
-            methods = {"numpy": lambda x=args[0], w=args[1], b=args[2]: x @ w + b}
-            yield "linear", name, args, {}, methods
-            grad_out = rng.standard_normal((n, o)).astype(dtype)
-            methods = {"numpy": lambda x=args[0], w=args[1], g=grad_out: (g @ w.T, x.T @ g, g.sum(0))}
-            yield "linear_backward", name, (args[0], args[1], grad_out), {}, methods
-
-    if hasattr(fc, "softmax_backward"):
-        for name, shape in pick(W.SOFTMAX).items():
-            x = rng.standard_normal(shape).astype(dtype)
-            methods = {"numpy": lambda x=x: (lambda e: e / e.sum(-1, keepdims=True))(
-                np.exp(x - x.max(-1, keepdims=True)))}
-            if torch:
-                methods["torch"] = lambda x=T(x): torch.softmax(x, -1)
-            yield "softmax", name, (x,), {}, methods
-            s = fc.softmax(x)
-            g = rng.standard_normal(shape).astype(dtype)
-            methods = {"numpy_closed_form": lambda s=s, g=g: s * (g - (s * g).sum(-1, keepdims=True))}
-            yield "softmax_backward", name, (s, g), {}, methods
-
-
-def _fast(op):
-    return _conv_backward(fc) if op == "conv2d_backward" else getattr(fc, op)
-
-
-def _reference(op):
-    return _conv_backward(fc.reference) if op == "conv2d_backward" else getattr(fc.reference, op)
-
-
-#: The Jacobian reference of softmax_backward needs N*O*O memory: time it on
-#: this many rows and scale to the full batch.
-_REFERENCE_ROWS = {"softmax_backward": 64}
-
-
-def _median_time(run, budget, compiles=True):
-    """Median wall time of repeated calls within ``budget`` seconds, after a warm-up
-    call. Where nothing ``compiles`` (the einsum references), a warm-up that
-    already took longer than the budget is the figure; otherwise it never is:
-    it may have compiled or loaded kernels."""
+def _timed(call):
     start = time.perf_counter()
-    result = run()
-    first = time.perf_counter() - start
-    if first > budget and not compiles:
-        return first, result
+    result = call()
+    return time.perf_counter() - start, result
+
+
+def steady_median(call, budget):
+    """Median seconds of timed calls after one untimed call: at least one and up
+    to 50 timed calls, at least three where they fit in ``budget`` seconds.
+    Returns (median, first call seconds, result of the first call)."""
+    first, result = _timed(call)
     times = []
-    while len(times) < 3 or (sum(times) < budget and len(times) < 50):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
+    while not times or (len(times) < 50 and (len(times) < 3 and first * 3 <= budget
+                                             or sum(times) < budget)):
+        times.append(_timed(call)[0])
+    return float(np.median(times)), first, result
 
 
 def _agrees(result, expected):
@@ -144,85 +80,207 @@ def _agrees(result, expected):
         if r.shape != e.shape:
             return False
         scale = max(float(np.abs(e).max(initial=0)), 1e-300)
-        if float(np.abs(r - e).max(initial=0)) > RTOL[e.dtype] * scale:
+        if float(np.abs(r.astype(np.float64) - e).max(initial=0)) > RTOL[e.dtype] * scale:
             return False
     return True
 
 
-def _format_time(seconds):
+def _reference_slice(op, args, kwargs):
+    """The reference's arguments (the first ``reference_rows`` rows where the
+    reference needs memory beyond the batch) and the factor to scale its time by."""
+    rows = op.reference_rows
+    if rows and len(args[0]) > rows:
+        return tuple(a[:rows] for a in args), len(args[0]) / rows
+    return tuple(args), 1.0
+
+
+def measure(op, workload, dtype, budget, first_calls, notes):
+    """One result row; adds the fastconv first-call cost to ``first_calls``."""
+    args, kwargs = op.arguments(workload, dtype)
+    with _CompileCounter() as compiles:
+        fast_time, first, result = steady_median(op.method("fastconv", args, kwargs), budget)
+    entry = first_calls.setdefault((op.name, dtype), dict(seconds=0.0, compilations=0))
+    entry["seconds"] += max(first - fast_time, 0.0)
+    entry["compilations"] += compiles.count
+
+    ref_args, scale = _reference_slice(op, args, kwargs)
+    ref_time, _, expected = steady_median(op.method("reference", ref_args, kwargs), budget)
+    if scale != 1.0:
+        result = op.method("fastconv", ref_args, kwargs)()
+    peers = {}
+    for peer in op.peers:
+        try:
+            call = op.method(peer, args, kwargs)
+        except NotImplementedError as missing:
+            notes.setdefault(f"{peer}: {missing}", []).append(f"{op.name} {workload}")
+            continue
+        seconds = steady_median(call, budget)[0]
+        peers[peer] = dict(seconds=seconds, speedup=seconds / fast_time)
+    dims = op.workloads[workload].dims
+    return dict(
+        op=op.name, workload=workload, about=op.workloads[workload].about, dtype=dtype,
+        fastconv=fast_time, reference=ref_time * scale, reference_scaled=scale != 1.0,
+        speedup_over_reference=ref_time * scale / fast_time, peers=peers,
+        agrees=_agrees(result, expected),
+        gflops=op.flops(dims) / fast_time / 1e9,
+        gbytes_per_second=op.nbytes(dims, np.dtype(dtype).itemsize) / fast_time / 1e9,
+    )
+
+
+def run(ops, dtypes, quick, budget, log=sys.stderr):
+    """Measure every (operation, workload, dtype): (rows, first calls, notes)."""
+    jobs = [(dtype, op, name) for dtype in dtypes for op in ops
+            for name, workload in op.workloads.items() if workload.quick or not quick]
+    rows, first_calls, notes = [], {}, {}
+    for number, (dtype, op, name) in enumerate(jobs, 1):
+        print(f"[{number}/{len(jobs)}] {op.name} {name} {dtype} ...", file=log, flush=True)
+        rows.append(measure(op, name, dtype, budget, first_calls, notes))
+    first = [dict(op=op, dtype=dtype, seconds=entry["seconds"], compilations=entry["compilations"],
+                  cold=entry["compilations"] > 0) for (op, dtype), entry in first_calls.items()]
+    return rows, first, notes
+
+
+def format_time(seconds):
     for unit, factor in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= factor:
-            return f"{seconds / factor:7.3g} {unit}"
-    return f"{seconds / 1e-6:7.3g} µs"
+            return f"{seconds / factor:.3g} {unit}"
+    return f"{seconds / 1e-6:.3g} µs"
 
 
-def run(dtypes, quick, budget, log=sys.stderr):
-    """Time every job (medians); one dict per (operation, workload, dtype)."""
-    results = []
-    rng = np.random.default_rng(0)
-    jobs = [(dtype, *job) for dtype in dtypes for job in _jobs(rng, dtype, quick)]
-    for number, (dtype, op, name, args, kw, peers) in enumerate(jobs, 1):
-        print(f"[{number}/{len(jobs)}] {op} {name} {np.dtype(dtype).name} ...", file=log, flush=True)
-        rows_limit = _REFERENCE_ROWS.get(op)
-        if rows_limit and len(args[0]) > rows_limit:
-            ref_args, scale = tuple(a[:rows_limit] for a in args), len(args[0]) / rows_limit
-        else:
-            ref_args, scale = args, 1.0
-        ref_time, expected = _median_time(lambda: _reference(op)(*ref_args, **kw), budget,
-                                          compiles=False)
-        fast_time, result = _median_time(lambda: _fast(op)(*args, **kw), budget)
-        if scale != 1.0:
-            result = _fast(op)(*ref_args, **kw)
-        results.append(dict(
-            op=op, workload=name, dtype=np.dtype(dtype).name, reference=ref_time * scale,
-            scaled=scale != 1.0, fastconv=fast_time, agrees=_agrees(result, expected),
-            peers={peer: _median_time(call, budget)[0] for peer, call in peers.items()},
-        ))
-    return results
+def _table(rows, first_calls, markdown):
+    """The results as lines of text: an aligned table, or Markdown."""
+    header = ["operation", "workload", "dtype", "fastconv", "einsum reference", "x reference",
+              "peers: time (x)", "agrees"]
+    body = []
+    for r in rows:
+        reference = format_time(r["reference"]) + (" scaled" if r["reference_scaled"] else "")
+        peers = "; ".join(f"{name} {format_time(peer['seconds'])} ({peer['speedup']:.2f}x)"
+                          for name, peer in r["peers"].items()) or "-"
+        body.append([r["op"], r["workload"], r["dtype"], format_time(r["fastconv"]), reference,
+                     f"{r['speedup_over_reference']:.1f}x", peers, "yes" if r["agrees"] else "NO"])
+    first_header = ["operation", "dtype", "first-call overhead", "cache"]
+    first_body = [[f["op"], f["dtype"], format_time(f["seconds"]),
+                   f"cold: {f['compilations']} compilations" if f["cold"] else "warm"]
+                  for f in first_calls]
+    return _render(header, body, markdown) + [""] + _render(first_header, first_body, markdown)
 
 
-def _print_rows(results):
-    print(f"{'operation':<22} {'workload':<15} {'dtype':<8} {'method':<20} {'time':>10} "
-          f"{'speed-up':>9} {'agrees':>6}")
-    for r in results:
-        rows = [("reference (scaled)" if r["scaled"] else "reference", r["reference"], "-"),
-                ("fastconv", r["fastconv"], "yes" if r["agrees"] else "NO"),
-                *((peer, seconds, "-") for peer, seconds in r["peers"].items())]
-        for method, seconds, agrees in rows:
-            print(f"{r['op']:<22} {r['workload']:<15} {r['dtype']:<8} {method:<20} "
-                  f"{_format_time(seconds):>10} {r['reference'] / seconds:>8.2f}x {agrees:>6}")
+def _render(header, body, markdown):
+    if markdown:
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                *("| " + " | ".join(row) + " |" for row in body)]
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in [header, *body]]
 
 
-def _print_markdown(results):
-    """One row per job; peers as 'time (fastconv's speed-up over them)'."""
-    print("| operation | workload | dtype | einsum reference | fastconv | speed-up | peers | agrees |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        peers = "; ".join(f"{peer} {_format_time(seconds).strip()} ({seconds / r['fastconv']:.2f}x)"
-                          for peer, seconds in r["peers"].items()) or "-"
-        reference = _format_time(r["reference"]).strip() + (" (scaled)" if r["scaled"] else "")
-        print(f"| {r['op']} | {r['workload']} | {r['dtype']} | {reference} | "
-              f"{_format_time(r['fastconv']).strip()} | {r['reference'] / r['fastconv']:.1f}x | "
-              f"{peers} | {'yes' if r['agrees'] else 'NO'} |")
+def _notes(notes, markdown):
+    lines = []
+    for reason, where in notes.items():
+        places = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+        lines.append(f"{'* ' if markdown else ''}not measured - {reason} ({places})")
+    return lines
+
+
+def plot(rows, path):
+    """A chart of fastconv's speed-up over the einsum reference and over torch,
+    per workload (log scale). Needs matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']} {r['workload']} {r['dtype']}" for r in rows]
+    over_reference = [r["speedup_over_reference"] for r in rows]
+    over_torch = [r["peers"]["torch"]["speedup"] if "torch" in r["peers"] else np.nan for r in rows]
+    y = np.arange(len(rows))
+    figure, axes = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.4))
+    axes.barh(y - 0.2, over_reference, 0.4, label="over the einsum reference")
+    axes.barh(y + 0.2, over_torch, 0.4, label="over torch")
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_yticks(y, labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("fastconv's speed-up (other time / fastconv time; right of 1: fastconv faster)")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m fastconv", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="only the small workloads, and a shorter timing budget (default: off)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
+                        help="the dtype(s) to measure (default: both)")
+    parser.add_argument("--ops", default=",".join(OPERATIONS),
+                        help="comma-separated operations (default: all: %(default)s)")
+    parser.add_argument("--threads", type=int,
+                        help="threads for fastconv (numba) and torch (default: numba's default, "
+                             "all cores)")
+    parser.add_argument("--budget", type=float,
+                        help="seconds of timed calls per method and workload (default: 1.0, "
+                             "0.2 with --quick); at least one call is timed")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true",
+                        help="print the tables as Markdown (default: aligned text)")
+    output.add_argument("--json", action="store_true",
+                        help="print the results as JSON on stdout (default: off)")
+    output.add_argument("--list", action="store_true",
+                        help="list the operations and their workloads, measure nothing (default: off)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also save a chart of the speed-ups over the reference and torch "
+                             "(needs matplotlib; default: no chart)")
+    return parser
+
+
+def _list_workloads():
+    for op in OPERATIONS.values():
+        print(f"{op.name}: peers {', '.join(op.peers) or '-'}")
+        for w in op.workloads.values():
+            print(f"  {w.name:<30} {'quick ' if w.quick else '      '}{w.about}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
-    parser.add_argument("--threads", type=int, help="threads for fastconv (and torch); default: all cores")
-    parser.add_argument("--quick", action="store_true", help="small workloads only, short timing")
-    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    if args.list:
+        _list_workloads()
+        return 0
+    unknown = [name for name in args.ops.split(",") if name not in OPERATIONS]
+    if unknown:
+        print(f"python -m fastconv: unknown operation(s) {', '.join(unknown)}; "
+              f"choose from {', '.join(OPERATIONS)}", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("python -m fastconv: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
-        torch = _torch()
-        if torch:
+        try:
+            import torch
             torch.set_num_threads(args.threads)
-    dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
-    results = run(dtypes, args.quick, budget=0.2 if args.quick else 1.0)
-    (_print_markdown if args.markdown else _print_rows)(results)
-    if not all(r["agrees"] for r in results):
+        except ImportError:
+            pass
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    budget = args.budget if args.budget is not None else (0.2 if args.quick else 1.0)
+    ops = [OPERATIONS[name] for name in args.ops.split(",")]
+    rows, first_calls, notes = run(ops, dtypes, args.quick, budget)
+    if args.json:
+        print(json.dumps(dict(fastconv=fc.__version__, numpy=np.__version__, results=rows,
+                              first_calls=first_calls,
+                              not_measured={reason: where for reason, where in notes.items()}),
+                         indent=1))
+    else:
+        print("\n".join(_table(rows, first_calls, args.markdown) + _notes(notes, args.markdown)))
+    if args.plot:
+        plot(rows, args.plot)
+    if not all(r["agrees"] for r in rows):
         print("fastconv disagrees with its reference on the rows marked NO", file=sys.stderr)
         return 1
     return 0

@@ -2,12 +2,12 @@
 property tests' regression block and the gradient tests."""
 import numpy as np
 
-from fastconv._workloads import HADAMARD, LINEAR, SOFTMAX
+from fastconv._registry import OPERATIONS
 
 # (na, nb, *S): the named workloads, odd sizes, 1-element axes, trailing rank 0-3,
 # and few rows with long rows (the path that splits rows into blocks).
 HADAMARD_CASES = [
-    *[(na, nb, nx, ny) for name, (na, nb, nx, ny) in HADAMARD.items() if name != "seed_large"],
+    *[w.dims for w in OPERATIONS["batch_outer_hadamard"].workloads.values() if w.quick],
     (1, 1, 1), (1, 7, 13), (5, 1, 3, 1), (3, 2, 1, 1, 1), (7, 11, 13, 2, 3),
     (2, 3, 40_000), (13, 17), (0, 3, 4, 5), (3, 0, 4), (2, 2, 0, 5),
 ]
@@ -67,7 +67,7 @@ CONV2D_CASES = {
 
 #: linear: (N, I, O); N=None is a 1-D x of shape (I,).
 LINEAR_CASES = [
-    *[shape for name, shape in LINEAR.items() if name != "classifier"],
+    *[w.dims for w in OPERATIONS["linear"].workloads.values() if w.quick],
     (None, 64, 32), (1, 1, 1), (7, 13, 5), (3, 17, 1), (2, 1, 11),
     (0, 5, 3), (3, 0, 4), (4, 3, 0), (None, 3, 0),
 ]
@@ -76,7 +76,7 @@ LINEAR_CASES = [
 #: 3-D inputs; the three paths: axis last (row kernels), few trailing elements
 #: (moved last), many (strided kernels, one above the kernel's block); empty sizes.
 SOFTMAX_CASES = [
-    *[(shape, -1) for name, shape in SOFTMAX.items() if name != "imagenet_batch"],
+    *[(w.dims, -1) for w in OPERATIONS["softmax"].workloads.values() if w.quick],
     ((64, 1000), -1), ((4, 5), 0), ((5,), 0), ((1, 1), -1), ((1, 1), 0), ((7, 13), 1),
     ((13, 7), 0), ((3, 5, 7), 0), ((3, 5, 7), 1), ((3, 5, 7), 2), ((3, 5, 7), -2),
     ((2, 3, 700), 1), ((5, 70), 0), ((2, 1, 3, 4), 2),

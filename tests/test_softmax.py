@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastconv as fc
-from fastconv._workloads import SOFTMAX
+from fastconv._registry import OPERATIONS
 
 from cases import SOFTMAX_CASES
 from conftest import (
@@ -68,7 +68,7 @@ def test_softmax_backward_matches_reference(shape, axis, dtype, rng):
 def test_softmax_rows_sum_to_one_at_full_size(rng):
     """The named (4096, 1000) workload: too big for the Jacobian reference, so the
     backward is held against the closed form in float64."""
-    x, _, g = _softmax_inputs(rng, SOFTMAX["imagenet_batch"], np.float32)
+    x, _, g = _softmax_inputs(rng, OPERATIONS["softmax"].workloads["imagenet_4096x1000"].dims, np.float32)
     s = fc.softmax(x)
     assert_matches(s, fc.reference.softmax(x))
     sums = s.sum(axis=-1, dtype=np.float64)
