@@ -2,14 +2,15 @@
 
 Convolutions run each parallel task's GEMMs on the task's own core, between the
 numba transforms that feed them, so that one thread pool (numba's) owns the
-cores and each task's data stays in its cache. The GEMM is SciPy's BLAS
-(``scipy.linalg.cython_blas``, a stable C API) reached through its function
-address; the address is a run-time argument, so the kernels that call it stay
-cacheable. While such kernels run, :func:`one_thread` holds every loaded BLAS
-at one thread and then restores the thread counts the user had.
+cores and each task's data stays in its cache. The GEMM is the Fortran ?gemm
+of the OpenBLAS that NumPy loads where it has one (found through threadpoolctl),
+else SciPy's (``scipy.linalg.cython_blas``, a stable C API), reached through its
+function address; the address is a run-time argument, so the kernels that call
+it stay cacheable. While such kernels run, :func:`one_thread` holds every loaded
+BLAS at one thread and then restores the thread counts the user had.
 
-Where SciPy or threadpoolctl is missing, or ``NUMBA_DISABLE_JIT`` is set,
-:func:`address` returns 0 and callers take their NumPy ``matmul`` path.
+Where neither can be found, threadpoolctl is missing, or ``NUMBA_DISABLE_JIT``
+is set, :func:`address` returns None and callers take their NumPy ``matmul`` path.
 """
 import threading
 from contextlib import contextmanager
@@ -30,34 +31,64 @@ _saved = None
 
 
 def address(dtype):
-    """The address of SciPy's ``?gemm`` for ``dtype`` (float32/float64), or 0
-    where no BLAS can be called from compiled code."""
+    """The BLAS ``?gemm`` for ``dtype`` (float32/float64) as an int64 array
+    ``[function address, bytes of its integer arguments]``, or None where no
+    BLAS can be called from compiled code."""
     dtype = np.dtype(dtype)
     if dtype not in _addresses:
         _addresses[dtype] = _find(dtype)
     return _addresses[dtype]
 
 
+#: The names NumPy's bundled OpenBLAS exports ?gemm under (64-bit integers
+#: first), with the bytes of their integer arguments.
+_NUMPY_SYMBOLS = (("scipy_{}_64_", 8), ("{}_64_", 8), ("scipy_{}_", 4), ("{}_", 4))
+
+
 def _find(dtype):
     global _controller
     if config.DISABLE_JIT or dtype not in _NAMES:
-        return 0
+        return None
     try:
-        import scipy.linalg.cython_blas  # noqa: F401 - loads the BLAS the address points into
-        from numba.extending import get_cython_function_address
         from threadpoolctl import ThreadpoolController
-        found = get_cython_function_address("scipy.linalg.cython_blas", _NAMES[dtype])
+        found = _numpy_gemm(_NAMES[dtype])
+        if found is None:
+            import scipy.linalg.cython_blas  # noqa: F401 - loads the BLAS the address points into
+            from numba.extending import get_cython_function_address
+            found = get_cython_function_address("scipy.linalg.cython_blas", _NAMES[dtype]), 4
         if _controller is None:
             _controller = ThreadpoolController()
     except (ImportError, ValueError):
-        return 0
-    return found
+        return None
+    return np.array(found, np.int64)
+
+
+def _numpy_gemm(name):
+    """(address, integer bytes) of ?gemm in the OpenBLAS that NumPy loads (it
+    calls it for ``matmul``), or None where NumPy's BLAS is something else.
+    Measured on 64x64 by 64x196 products: 25% faster than SciPy's older OpenBLAS."""
+    import ctypes
+    from pathlib import Path
+
+    from threadpoolctl import threadpool_info
+    numpy_dir = Path(np.__file__).resolve().parent
+    for info in threadpool_info():
+        path = Path(info["filepath"]).resolve()
+        if info["internal_api"] != "openblas" or not path.parent.name.startswith(numpy_dir.name):
+            continue
+        library = ctypes.CDLL(str(path))
+        for symbol, width in _NUMPY_SYMBOLS:
+            function = getattr(library, symbol.format(name), None)
+            if function is not None:
+                return ctypes.cast(function, ctypes.c_void_p).value, width
+    return None
 
 
 @contextmanager
 def one_thread():
-    """Hold every BLAS library at one thread while in the block (re-entrant and
-    shared between Python threads); the outermost exit restores the user's counts.
+    """Hold every BLAS library loaded at the first :func:`address` call (NumPy's
+    among them) at one thread while in the block (re-entrant and shared between
+    Python threads); the outermost exit restores the user's counts.
 
     The first Python thread in sets the limit and the last one out restores it,
     whichever threads those are."""
@@ -125,20 +156,20 @@ def _fortran_gemm(typingctx, addr, chars, ints, scalars, a, b, c):
 
 
 @serial_kernel
-def gemm(addr, a, b, c, transpose_b, beta):
+def gemm(blas, a, b, c, transpose_b, beta):
     """``c = a @ op(b) + beta * c`` for row-major 2-D arrays with unit column
     stride: a (M, K), op(b) = b (K, N) or, with ``transpose_b``, b.T for b (N, K)."""
-    _gemm(addr, a, b, c, False, transpose_b, beta)
+    _gemm(blas, a, b, c, False, transpose_b, beta)
 
 
 @serial_kernel
-def gemm_at(addr, a, b, c, beta):
+def gemm_at(blas, a, b, c, beta):
     """``c = a.T @ b + beta * c`` for a (K, M) and b (K, N), as :func:`gemm`."""
-    _gemm(addr, a, b, c, True, False, beta)
+    _gemm(blas, a, b, c, True, False, beta)
 
 
 @serial_kernel
-def _gemm(addr, a, b, c, transpose_a, transpose_b, beta):
+def _gemm(blas, a, b, c, transpose_a, transpose_b, beta):
     """Row-major ``c = op(a) @ op(b) + beta * c`` is column-major
     ``c.T = op(b).T @ op(a).T``: the Fortran call takes b first."""
     m, n = c.shape
@@ -147,9 +178,12 @@ def _gemm(addr, a, b, c, transpose_a, transpose_b, beta):
     chars = np.empty(2, np.uint8)
     chars[0] = 84 if transpose_b else 78  # 'T' / 'N'
     chars[1] = 84 if transpose_a else 78
-    ints = np.empty(6, np.int32)
+    ints = np.empty(6, np.int64)
     ints[0], ints[1], ints[2] = n, m, k
     ints[3], ints[4], ints[5] = b.strides[0] // size, a.strides[0] // size, c.strides[0] // size
     scalars = np.empty(2, c.dtype)
     scalars[0], scalars[1] = 1, beta
-    _fortran_gemm(addr, chars, ints, scalars, b, a, c)
+    if blas[1] == 8:
+        _fortran_gemm(blas[0], chars, ints, scalars, b, a, c)
+    else:
+        _fortran_gemm(blas[0], chars, ints.astype(np.int32), scalars, b, a, c)

@@ -14,6 +14,7 @@ method is built, and a missing one raises ``NotImplementedError`` (asv's
 """
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -488,9 +489,84 @@ SOFTMAX_BACKWARD = Operation(
     baseline="numpy_closed_form", reference_rows=64,
 )
 
+# ---------------------------------------------------------------- einsum
+
+EINSUM_WORKLOADS = _table(
+    Workload("hadamard_200x300_of_50x60", "the seed's outer-Hadamard product 'ikxy,kjxy->ijxy'",
+             ("ikxy,kjxy->ijxy", (200, 1, 50, 60), (1, 300, 50, 60))),
+    Workload("hadamard_20x30_of_50x60", "'ikxy,kjxy->ijxy' on 20 x 30 planes of 50x60",
+             ("ikxy,kjxy->ijxy", (20, 1, 50, 60), (1, 30, 50, 60))),
+    Workload("linear_dW_4096x1024x512", "a linear layer's weight gradient 'ni,no->io'",
+             ("ni,no->io", (4096, 1024), (4096, 512))),
+    Workload("patch_conv_8x64x3x3", "the seed's per-pixel conv 'oiwh,biwh->bo' on 64 patches",
+             ("oiwh,biwh->bo", (8, 64, 3, 3), (64, 64, 3, 3))),
+    Workload("patch_conv_256x256x3x3", "'oiwh,biwh->bo' with 256 filters on 2048 patches",
+             ("oiwh,biwh->bo", (256, 256, 3, 3), (2048, 256, 3, 3))),
+    Workload("softmax_diag_256x100", "the softmax Jacobian's diagonal part 'no,oi->nio'",
+             ("no,oi->nio", (256, 100), (100, 100))),
+    Workload("softmax_outer_256x100", "the softmax Jacobian's outer part 'no,ni->nio'",
+             ("no,ni->nio", (256, 100), (256, 100))),
+    Workload("softmax_grad_256x100", "the Jacobian applied to the gradient 'nio,no->ni'",
+             ("nio,no->ni", (256, 100, 100), (256, 100))),
+    Workload("row_scale_2000x2000", "rows scaled by a vector 'o,os->os'",
+             ("o,os->os", (2000,), (2000, 2000))),
+    Workload("diagonals_2000x60x60", "the diagonals of a stack of matrices 'nii->ni' (a view)",
+             ("nii->ni", (2000, 60, 60))),
+    Workload("trace_3000", "the trace 'ii' of a 3000x3000 matrix", ("ii->", (3000, 3000))),
+    Workload("tiny_hadamard_2x3_of_50x60", "the seed's outer-Hadamard product at its own tiny size",
+             ("ikxy,kjxy->ijxy", (2, 1, 50, 60), (1, 3, 50, 60)), quick=True),
+    Workload("tiny_linear_dW_16x64x32", "'ni,no->io' at the seed's size (dispatch cost shows)",
+             ("ni,no->io", (16, 64), (16, 32)), quick=True),
+    Workload("tiny_softmax_diag_1x5", "'no,oi->nio' at the seed's size", ("no,oi->nio", (1, 5), (5, 5)),
+             quick=True),
+    Workload("tiny_trace_5", "'ii' of a 5x5 matrix", ("ii->", (5, 5)), quick=True),
+)
+
+
+def _einsum_make(rng, dtype, dims):
+    subscripts, *shapes = dims
+    return [subscripts, *_random(rng, dtype, *shapes)], {}
+
+
+def _einsum_sizes(dims):
+    """Each label's size, and the elements of the result."""
+    subscripts, *shapes = dims
+    inputs, output = subscripts.split("->")
+    sizes = {label: n for term, shape in zip(inputs.split(","), shapes) for label, n in zip(term, shape)}
+    return sizes, math.prod(sizes[label] for label in output)
+
+
+def _einsum_flops(dims):
+    sizes, _ = _einsum_sizes(dims)
+    return 2 * math.prod(sizes.values()) if len(dims) > 2 else 0
+
+
+def _einsum_nbytes(dims, itemsize):
+    _, result = _einsum_sizes(dims)
+    return (sum(math.prod(shape) for shape in dims[1:]) + result) * itemsize
+
+
+def _einsum_numpy(optimize):
+    def peer(args, kwargs):
+        return lambda: np.einsum(*args, optimize=optimize)
+    return peer
+
+
+def _einsum_torch(args, kwargs):
+    torch, operands = _torch_args(args[1:])
+    return lambda: torch.einsum(args[0], *operands)
+
+
+EINSUM = Operation(
+    name="einsum", fast=lambda m: m.einsum, make=_einsum_make, workloads=EINSUM_WORKLOADS,
+    flops=_einsum_flops, nbytes=_einsum_nbytes,
+    peers={"numpy": _einsum_numpy(False), "numpy_optimize": _einsum_numpy(True), "torch": _einsum_torch},
+    baseline="numpy",
+)
+
 #: Every operation, in the order the tables list them.
 OPERATIONS = {op.name: op for op in (HADAMARD, IM2COL, COL2IM, CONV2D, CONV2D_BACKWARD, LINEAR,
-                                     LINEAR_BACKWARD, SOFTMAX, SOFTMAX_BACKWARD)}
+                                     LINEAR_BACKWARD, SOFTMAX, SOFTMAX_BACKWARD, EINSUM)}
 
 
 def reference_is_cheap(op, workload):

@@ -513,11 +513,12 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     xi = alpha * alpha
     per_tile = xi * (c + o) * dtype.itemsize
     addr = _blas.address(dtype)
-    threads = numba.get_num_threads() if addr else 1
-    capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES if addr else CHUNK_BYTES, threads)
+    threads = numba.get_num_threads() if addr is not None else 1
+    budget = BLOCK_BYTES if addr is not None else CHUNK_BYTES
+    capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     with _workspace.scratch(dtype, (xi, o, c), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
-        if addr:
+        if addr is not None:
             inside = np.ones(threads, np.bool_)
             # the weight transform too: a multi-threaded GEMM would leave BLAS workers spinning
             with _blas.one_thread():
@@ -566,12 +567,13 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
     per_tile = xi * (c + o) * dtype.itemsize
     addr = _blas.address(dtype)
-    threads = numba.get_num_threads() if addr else 1
-    capacity, blocks = _blocks(n, th, tw, per_tile, BLOCK_BYTES if addr else CHUNK_BYTES, threads)
+    threads = numba.get_num_threads() if addr is not None else 1
+    budget = BLOCK_BYTES if addr is not None else CHUNK_BYTES
+    capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     with _workspace.scratch(dtype, (threads, xi, o, c), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (partials, vbuf, mbuf):
         partials[...] = 0
-        if addr:
+        if addr is not None:
             inside = np.ones(threads, np.bool_)
             with _blas.one_thread():
                 _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,

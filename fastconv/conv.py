@@ -227,7 +227,7 @@ def _pointwise(w2, x3, out3):
     """out3[n] = w2 (O, C) @ x3[n] (C, P) for every image: one single-threaded GEMM per
     task on numba's pool where a BLAS is callable from kernels, else one batched matmul."""
     addr = _blas.address(out3.dtype)
-    if not addr:
+    if addr is None:
         np.matmul(w2, x3, out=out3)
         return
     threads = numba.get_num_threads()
@@ -283,7 +283,7 @@ def _gemm_merged(x, w, b, result, geom, groups):
     w2 = w.reshape(o, rg)
     out3 = result.reshape(n, o, ohw)
     addr, threads = _blas.address(x.dtype), numba.get_num_threads()
-    if addr and n >= threads:
+    if addr is not None and n >= threads:
         chunk = _workspace.images_per_chunk(n, per_image, threads)
         with _workspace.scratch(x.dtype, (threads, rows * chunk * ohw), (threads, o * chunk * ohw)) \
                 as (cols, tmp), _blas.one_thread():
@@ -327,7 +327,7 @@ def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
         w2 = np.concatenate([w2[0], b[:, None]], axis=1)[None]
     out3 = result.reshape(n, o, geom.oh * ow)
     addr, threads = _blas.address(x.dtype), numba.get_num_threads()
-    if addr and n * -(-geom.oh // band) >= threads:
+    if addr is not None and n * -(-geom.oh // band) >= threads:
         band = min(band, geom.oh)  # a task is a band of one image
         with _workspace.scratch(x.dtype, (threads, stride * band * ow)) as (cols,), _blas.one_thread():
             _stacked_tasks(addr, x, w2, b, out3, cols, band, has_bias and not fold_bias, groups,

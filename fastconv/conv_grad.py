@@ -159,7 +159,7 @@ def _image_tasks(n, rows, o, p, dtype):
     chunks of its images, or None where no BLAS is callable from kernels or some
     thread would have no image."""
     addr, threads = _blas.address(dtype), numba.get_num_threads()
-    if not addr or n < threads:
+    if addr is None or n < threads:
         return None
     per_image = (rows + o) * p * np.dtype(dtype).itemsize
     return addr, threads, _workspace.images_per_chunk(n, per_image, threads)

@@ -29,6 +29,7 @@ import math
 import numpy as np
 from numba import prange
 
+from ._args import accepts_dask
 from ._config import kernel
 
 #: NumPy's einsum, bound at import: assigning fastconv.einsum over np.einsum
@@ -57,6 +58,7 @@ class _NumpyRoute(Exception):
     """Raised while planning: the expression goes to NumPy's einsum."""
 
 
+@accepts_dask
 def einsum(*operands, out=None, optimize=False, **kwargs):
     """Evaluate the Einstein summation convention on the operands, as ``np.einsum``.
 

@@ -10,8 +10,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 __all__ = [
     "batch_outer_hadamard", "im2col", "col2im", "conv2d", "conv2d_grad_input",
     "conv2d_grad_weight", "conv2d_grad_bias", "linear", "linear_backward",
-    "softmax", "softmax_backward",
+    "softmax", "softmax_backward", "einsum",
 ]
+
+#: ``np.einsum`` itself, bound at import: the reference of :func:`fastconv.einsum`.
+einsum = np.einsum
 
 
 def _finish(result, out):

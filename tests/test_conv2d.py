@@ -58,7 +58,7 @@ def test_gemm_stacked_forms(name, form, bias, schedule, rng, monkeypatch):
     of output rows (budgets shrunk so that the small cases take these forms), as
     tasks with BLAS inside or as matmuls between parallel kernels."""
     if schedule == "matmul":
-        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
+        monkeypatch.setattr(_blas, "address", lambda dtype: None)
     monkeypatch.setattr(conv, "_MERGE_PLANE", 0)
     monkeypatch.setattr(conv, "_BAND_BYTES", 1 if form == "stacked_bands" else 1 << 20)
     case = CASES[name]
@@ -98,7 +98,7 @@ def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, rng, monkeypa
     monkeypatch.setattr(conv, "_merged_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
     if schedule == "matmul":
-        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
+        monkeypatch.setattr(_blas, "address", lambda dtype: None)
     x = random_array(rng, (5, 16, 21, 19), np.float32)
     w = random_array(rng, (12, 16 // groups, 5, 5), np.float32)
     b = random_array(rng, (12,), np.float32)

@@ -189,7 +189,7 @@ def test_strided_gradient_schedules(schedule, groups, chunk_bytes, rng, monkeypa
                             lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
     if schedule == "matmul":
-        monkeypatch.setattr(_blas, "address", lambda dtype: 0)
+        monkeypatch.setattr(_blas, "address", lambda dtype: None)
     x = random_array(rng, (5, 16, 15, 13), np.float64)
     w = random_array(rng, (12, 16 // groups, 3, 3), np.float64)
     kw = dict(stride=2, padding=1, groups=groups)
