@@ -146,4 +146,6 @@ def every_operation(rng, dtype=np.float32):
         "linear_backward": ((a(2, 3), a(3, 4), a(2, 4)), {}),
         "softmax": ((a(3, 5, 4),), dict(axis=1)),
         "softmax_backward": ((a(3, 5), a(3, 5)), {}),
+        # np.einsum's interleaved form ('ni,no->io'): operands first, like every other call here
+        "einsum": ((a(6, 3), [0, 1], a(6, 4), [0, 2], [1, 2]), {}),
     }
