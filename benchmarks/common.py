@@ -45,9 +45,10 @@ for _variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 # asv forks each benchmark from a server process that imported this suite: what
 # is imported here is paid once, not in every benchmark. Each is optional (an old
-# commit's environment may lack it). torch is not among them: a process timing
-# fastconv does not load torch's OpenMP runtime beside numba's.
-for _module in ("numpy", "numba", "threadpoolctl", "fastconv"):
+# commit's environment may lack it). torch comes before fastconv: it then keeps
+# an OpenMP runtime of its own with its own defaults, as for its users, instead
+# of sharing the one fastconv starts with sleeping workers.
+for _module in ("numpy", "torch", "numba", "threadpoolctl", "fastconv"):
     try:
         importlib.import_module(_module)
     except ImportError:

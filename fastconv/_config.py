@@ -1,8 +1,13 @@
 """Numba options and thread-pool policy, decided once for the whole package.
 
-* numba's OpenMP workers sleep once their work ends (``OMP_WAIT_POLICY=PASSIVE``,
-  a default for a variable the user has not set): spinning workers slowed a
-  following NumPy GEMM up to 10x. BLAS runs single-threaded inside numba's tasks
+* numba's OpenMP workers sleep once their work ends: the thread pool starts at
+  import with ``OMP_WAIT_POLICY=PASSIVE`` where the user has not set it, and the
+  variable leaves the environment again at once, so that OpenMP runtimes loaded
+  later (torch's, a subprocess's) keep their own defaults. Spinning workers cost
+  a quiet machine little, but with another process busy on one of 2 cores they
+  took the caller's core (a (1, 64, 56, 56) conv2d 4.4x slower, depthwise 21x).
+  Where the process already runs an OpenMP runtime (torch imported first), numba
+  shares it and its policy. BLAS runs single-threaded inside numba's tasks
   (:mod:`fastconv._blas`), so the two pools never take turns within one call.
 * Every kernel is compiled with ``cache=True`` (a second process loads it from
   disk); where no cache directory is writable, kernels compile in memory instead.
@@ -16,9 +21,25 @@ import threading
 import types
 from contextlib import nullcontext
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numba  # noqa: E402
+
+
+def _start_thread_pool():
+    """numba's workers, started with the passive wait policy unless the user chose one."""
+    from numba.np.ufunc import parallel
+    chosen = "OMP_WAIT_POLICY" in os.environ
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # libgomp reads it as it loads
+    try:
+        parallel._launch_threads()
+    except Exception:  # noqa: BLE001 - no threading layer: kernels then fail with numba's own error
+        pass
+    finally:
+        if not chosen:
+            del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_thread_pool()
 
 #: Work (elements written) below which a kernel runs serially: waking the
 #: sleeping workers costs ~10 µs, the time a serial loop needs for ~2**18 products.
