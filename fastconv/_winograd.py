@@ -41,6 +41,7 @@ partial dU, and ``G^T dU G`` of their sum maps back to the 3x3 taps.
 Inputs with NaN, Inf or values large enough to overflow the transforms are
 declined (the functions return None) and computed exactly by the caller.
 """
+import functools
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -406,38 +407,53 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
 def weight_transform(w, variant, u):
     """U[xi, o, c] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
     ``(alpha**2, O, C)`` in ``w.dtype``, for a C-contiguous w (O, C, 3, 3).
-    Recomputed on every call: weights are often updated in place."""
-    _weight_transform(w, variant.g.astype(w.dtype), u, work=u.size)
-    return u
+    Recomputed on every call: weights are often updated in place.
+
+    Returns max|w|, NaN where w holds a NaN."""
+    largest = np.empty(w.shape[0], w.dtype)
+    _weight_transform(w.reshape(w.shape[0], w.shape[1], 9), variant.g.astype(w.dtype), u, largest,
+                      work=u.size)
+    return largest.max()
 
 
 @kernel
-def _weight_transform(w, g, u):
-    """:func:`weight_transform` as two passes of three terms, one task per
-    output channel, the channels innermost (a GEMM with a 9-long inner
-    dimension ran at a tenth of the BLAS peak here)."""
+def _weight_transform(w, g, u, largest):
+    """:func:`weight_transform` of w (O, C, 9) as two passes of three terms, one
+    task per output channel, the channels innermost (a GEMM with a 9-long inner
+    dimension ran at a tenth of the BLAS peak here); ``largest[o]`` = max|w[o]|."""
     n_out, channels = w.shape[0], w.shape[1]
     alpha = g.shape[0]
     for o in prange(n_out):
+        top = abs(w[o, 0, 0])
         taps = np.empty((9, channels), w.dtype)
         for c in range(channels):
             for k in range(9):
-                taps[k, c] = w[o, c, k // 3, k % 3]
+                taps[k, c] = w[o, c, k]
+        for k in range(9):
+            for c in range(channels):
+                size = abs(taps[k, c])
+                if not size <= top:  # a NaN stays
+                    top = size if top == top else top
+        largest[o] = top
         half = np.empty((alpha, 3, channels), w.dtype)  # (G w)[i, l]
         for i in range(alpha):
+            g0, g1, g2 = g[i, 0], g[i, 1], g[i, 2]
             for l in range(3):
                 for c in range(channels):
-                    half[i, l, c] = g[i, 0] * taps[l, c] + g[i, 1] * taps[3 + l, c] + g[i, 2] * taps[6 + l, c]
+                    half[i, l, c] = g0 * taps[l, c] + g1 * taps[3 + l, c] + g2 * taps[6 + l, c]
         for i in range(alpha):
             for j in range(alpha):
+                g0, g1, g2 = g[j, 0], g[j, 1], g[j, 2]
                 row = u[i * alpha + j, o]
                 for c in range(channels):
-                    row[c] = g[j, 0] * half[i, 0, c] + g[j, 1] * half[i, 1, c] + g[j, 2] * half[i, 2, c]
+                    row[c] = g0 * half[i, 0, c] + g1 * half[i, 1, c] + g2 * half[i, 2, c]
 
 
 #: Bytes of V and M per block of tiles in the fused schedule: a thread's block
 #: stays in its core's cache from the input transform to the output transform.
 BLOCK_BYTES = 4 << 20
+#: Most bytes of V and M per block, however many channels.
+MAX_BLOCK_BYTES = 16 << 20
 #: Fewest tiles in a block: the GEMMs' inner dimension.
 MIN_BLOCK_TILES = 64
 #: Bytes of V and M per chunk where the GEMMs run as NumPy matmuls between
@@ -478,6 +494,7 @@ def choose(n, c, o, oh, ow):
     return F4 if min(c, o) >= 64 and t4 >= 128 and 36 * t4 <= 0.65 * 16 * t2 else F2
 
 
+@functools.lru_cache(maxsize=64)
 def _blocks(n, th, tw, per_tile, budget, parts):
     """Split the ``n * th * tw`` tiles into blocks of about ``budget`` bytes of
     transformed data (``per_tile`` bytes a tile, at least ``MIN_BLOCK_TILES``
@@ -487,7 +504,8 @@ def _blocks(n, th, tw, per_tile, budget, parts):
     that every thread gets the same work.
 
     Returns the largest block in tiles and the blocks as a (B, 4) int64 array
-    of (first image, images, first tile row, tile rows)."""
+    of (first image, images, first tile row, tile rows), the same array for the
+    same arguments (not to be written to)."""
     fit = max(tw, MIN_BLOCK_TILES, budget // per_tile)
     if fit >= th * tw and n >= parts:
         groups, bands = -(-n // (fit // (th * tw))), 1
@@ -508,7 +526,7 @@ def _budget(addr, u_bytes):
     update all of dU), so with many channels blocks grow until that traffic is
     at most half their own ((16, 256, 14, 14): 10.7 ms at 4 MB blocks, 9.8 ms
     at one block per thread)."""
-    return max(BLOCK_BYTES, 2 * u_bytes) if addr is not None else CHUNK_BYTES
+    return min(max(BLOCK_BYTES, 2 * u_bytes), MAX_BLOCK_BYTES) if addr is not None else CHUNK_BYTES
 
 
 def _input_limit(variant, channels, wmax, dtype):
@@ -530,14 +548,10 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     """
     n, c = x.shape[:2]
     o = w.shape[0]
-    wmax = np.abs(w).max()
-    if not np.isfinite(wmax):
-        return None
     if variant is None:
         variant = choose(n, c, o, geom.oh, geom.ow)
     m, alpha = variant.m, variant.alpha
     dtype = out.dtype
-    limit = dtype.type(_input_limit(variant, c, wmax, dtype))
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
     xi = alpha * alpha
@@ -548,15 +562,16 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     with _workspace.scratch(dtype, (xi, o, c), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
+        wmax = weight_transform(w, variant, u)
+        if not np.isfinite(wmax):
+            return None
+        limit = dtype.type(_input_limit(variant, c, wmax, dtype))
         if addr is not None:
             inside = np.ones(threads, np.bool_)
-            # the weight transform too: a multi-threaded GEMM would leave BLAS workers spinning
             with _blas.one_thread():
-                weight_transform(w, variant, u)
                 _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
                                mbuf, limit, inside, work=out.size * c)
             return out if inside.all() else None
-        weight_transform(w, variant, u)
         inside = np.ones(-(-c // GROUP), np.bool_)
         for n0, nb, a0, ta in blocks:
             t = nb * ta * tw

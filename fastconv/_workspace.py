@@ -7,6 +7,7 @@ at most :data:`LIMIT` bytes between calls; a call that needs more, or that runs
 while another thread holds the buffer, gets memory of its own, freed when it
 returns.
 """
+import math
 import threading
 from contextlib import contextmanager
 
@@ -34,7 +35,7 @@ def scratch(dtype, *shapes):
     """C-contiguous arrays of ``shapes`` (uninitialized) carved from one buffer,
     valid inside the block."""
     dtype = np.dtype(dtype)
-    sizes = [int(np.prod(shape)) for shape in shapes]
+    sizes = [math.prod(shape) for shape in shapes]
     total = sum(sizes)
     held = _lock.acquire(blocking=False)
     try:
