@@ -25,6 +25,7 @@ from ._config import serial_kernel
 _NAMES = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}
 _addresses = {}
 _controller = None
+_direct = None
 _lock = threading.Lock()
 _depth = 0
 _saved = None
@@ -46,7 +47,7 @@ _NUMPY_SYMBOLS = (("scipy_{}_64_", 8), ("{}_64_", 8), ("scipy_{}_", 4), ("{}_", 
 
 
 def _find(dtype):
-    global _controller
+    global _controller, _direct
     if config.DISABLE_JIT or dtype not in _NAMES:
         return None
     try:
@@ -58,6 +59,7 @@ def _find(dtype):
             found = get_cython_function_address("scipy.linalg.cython_blas", _NAMES[dtype]), 4
         if _controller is None:
             _controller = ThreadpoolController()
+            _direct = _openblas_thread_functions(_controller)
     except (ImportError, ValueError):
         return None
     return np.array(found, np.int64)
@@ -84,6 +86,31 @@ def _numpy_gemm(name):
     return None
 
 
+def _openblas_thread_functions(controller):
+    """(get, set) of each loaded BLAS's process-wide thread count through ctypes,
+    where every one is a pthreads OpenBLAS, else None (threadpoolctl then sets
+    them). A pair of calls costs under a microsecond, threadpoolctl's 10-40 µs."""
+    import ctypes
+    import itertools
+
+    functions = []
+    for lib in controller.lib_controllers:
+        if lib.user_api != "blas":
+            continue
+        if lib.internal_api != "openblas" or getattr(lib, "threading_layer", None) != "pthreads":
+            return None
+        for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+            get = getattr(lib.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes, set_.restype = ctypes.c_int, [ctypes.c_int], None
+                functions.append((get, set_))
+                break
+        else:
+            return None
+    return functions
+
+
 @contextmanager
 def one_thread():
     """Hold every BLAS library loaded at the first :func:`address` call (NumPy's
@@ -95,7 +122,7 @@ def one_thread():
     global _depth, _saved
     with _lock:
         if _depth == 0 and _controller is not None:
-            _saved = [lib.num_threads for lib in _controller.lib_controllers]
+            _saved = _thread_counts()
             _set_threads([1] * len(_saved))
         _depth += 1
     try:
@@ -108,13 +135,23 @@ def one_thread():
                 _saved = None
 
 
+def _thread_counts():
+    if _direct is not None:
+        return [get() for get, _ in _direct]
+    return [lib.num_threads for lib in _controller.lib_controllers]
+
+
 def _set_threads(counts):
     """Set each BLAS library's (process-wide) thread count from this Python thread.
 
     threadpoolctl lets only one Python thread at a time limit a pthreads
     OpenBLAS and ignores the others; fastconv serializes its own changes under
-    ``_lock``, so it releases that claim before and after, and its limits take
-    effect whichever thread makes them."""
+    ``_lock``, and either calls OpenBLAS directly or releases that claim before
+    and after, so its limits take effect whichever thread makes them."""
+    if _direct is not None:
+        for (_, set_), count in zip(_direct, counts):
+            set_(count)
+        return
     import threadpoolctl
 
     release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)

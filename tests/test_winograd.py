@@ -113,12 +113,24 @@ def _held():
     return {path: n for path, n in _blas_threads() if path in held}
 
 
-def test_blas_thread_counts_are_restored(rng):
+@pytest.fixture(params=["openblas", "threadpoolctl"])
+def thread_setter(request, monkeypatch):
+    """Both ways fastconv sets BLAS thread counts: OpenBLAS's own functions, and
+    threadpoolctl where a BLAS is something else."""
+    _blas.address(np.float32)
+    if request.param == "threadpoolctl":
+        monkeypatch.setattr(_blas, "_direct", None)
+    elif _blas._direct is None:
+        pytest.skip("a BLAS loaded here is not a pthreads OpenBLAS")
+
+
+def test_blas_thread_counts_are_restored(rng, thread_setter):
     """The BLAS libraries loaded at fastconv's first product run at one thread
     inside the kernels, and the counts the user set are back after every call,
     also after a nested use."""
     x = random_array(rng, (2, 32, 20, 20), np.float32)
     w = random_array(rng, (32, 32, 3, 3), np.float32)
+    fc.conv2d(x, w, padding=1)  # the libraries numba loads with the kernels are in
     assert any("numpy" in path for path in _held())  # the BLAS that np.matmul and the kernels call
     with threadpool_limits(2, user_api="blas"):
         before = _blas_threads()
@@ -255,7 +267,7 @@ def test_weights_changed_in_place_are_seen(rng):
     assert_matches(fc.conv2d(x, w, padding=1), reference.conv2d(x, w, padding=1))
 
 
-def test_blas_limit_holds_in_any_python_thread(rng):
+def test_blas_limit_holds_in_any_python_thread(rng, thread_setter):
     """The one-thread limit takes effect when the call comes from a thread other
     than the one that made fastconv's first call, and fastconv leaves no claim on
     the BLAS that would make a later threadpoolctl limit from another thread a no-op."""
