@@ -36,7 +36,8 @@ shift by one tile row is a fixed offset into the flat tile run.
 The weight gradient runs the same steps adjointly (:func:`grad_weight_3x3`):
 the input transform with ``A`` in place of ``B^T`` gives ``dM = A dy A^T`` over
 the output tiles, each thread sums ``dM[xi] @ V[xi]^T`` over its blocks into a
-partial dU, and ``G^T dU G`` of their sum maps back to the 3x3 taps.
+partial dU, maps it back to the 3x3 taps (``G^T dU G``, one GEMM with
+kron(G, G)), and the threads' taps are summed.
 
 Inputs with NaN, Inf or values large enough to overflow the transforms are
 declined (the functions return None) and computed exactly by the caller.
@@ -50,7 +51,7 @@ import numpy as np
 from numba import prange
 
 from . import _blas, _workspace
-from ._blas import gemm
+from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel
 
 
@@ -388,20 +389,28 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
 
 
 @kernel
-def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du, limit, inside):
+def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du, gg, dw_parts, limit,
+                       inside):
     """The Winograd weight gradient, one task per thread: for each of the
-    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi] @ V[xi]^T``."""
+    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi] @ V[xi]^T``;
+    at the end the thread's dU back to 3x3 taps, ``dw_parts[t] = du[t]^T kron(G, G)``
+    ((O*C, 9); zero for a thread without blocks)."""
     threads, n_blocks = vbuf.shape[0], blocks.shape[0]
     alpha2, n_out, channels = du.shape[1], du.shape[2], du.shape[3]
     for t in prange(threads):
-        for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
+        first, last = t * n_blocks // threads, (t + 1) * n_blocks // threads
+        for k in range(first, last):
             n0, a0, ta, v, dm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
             inside[t] &= _input_block(x, bt, m, pt, pl, n0, a0, ta, tw, v, limit)
             inside[t] &= _input_block(dy, a, m, 0, 0, n0, a0, ta, tw, dm, limit)
             if not inside[t]:
                 break
             for xi in range(alpha2):
-                gemm(addr, dm[xi], v[xi], du[t, xi], True, 1.0)
+                gemm(addr, dm[xi], v[xi], du[t, xi], True, 0.0 if k == first else 1.0)
+        if first == last:
+            dw_parts[t] = 0
+        elif inside[t]:
+            gemm_at(addr, du[t].reshape((alpha2, n_out * channels)), gg, dw_parts[t], 0.0)
 
 
 def weight_transform(w, variant, u):
@@ -585,8 +594,8 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     The adjoint of the forward, transform by transform::
 
         dM[xi, o, t] = (A dy[n, o, tile t] A^T)[i, j]    dy zero beyond OH, OW
-        dU[xi]       = sum over blocks of dM[xi] @ V[xi]^T
-        dW[o, c]     = G^T dU[:, o, c] G
+        dU[xi]       = sum over a thread's blocks of dM[xi] @ V[xi]^T
+        dW[o, c]     = sum over threads of G^T dU[:, o, c] G
 
     with V the forward's input transform.
     """
@@ -606,20 +615,23 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     threads = numba.get_num_threads() if addr is not None else 1
     budget = _budget(addr, xi * o * c * dtype.itemsize)
     capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
-    with _workspace.scratch(dtype, (threads, xi, o, c), (threads, xi * c * capacity),
-                            (threads, xi * o * capacity)) as (partials, vbuf, mbuf):
-        partials[...] = 0
+    gg = variant.gg.astype(dtype)
+    shapes = ((threads, xi, o, c), (threads, xi * c * capacity), (threads, xi * o * capacity),
+              (threads, o * c, 9))
+    with _workspace.scratch(dtype, *shapes) as (partials, vbuf, mbuf, parts):
         if addr is not None:
             inside = np.ones(threads, np.bool_)
             with _blas.one_thread():
                 _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
-                                   mbuf, partials, limit, inside, work=grad_out.size * c)
-                if inside.all():
-                    _weight_transform_adjoint(partials, variant, dw)
-            return dw if inside.all() else None
+                                   mbuf, partials, gg, parts, limit, inside, work=grad_out.size * c)
+            if not inside.all():
+                return None
+            np.sum(parts, axis=0, out=dw.reshape(o * c, 9))
+            return dw
         groups = -(-c // GROUP)
         inside = np.ones(groups + -(-o // GROUP), np.bool_)
         du = partials[0]
+        du[...] = 0
         for n0, nb, a0, ta in blocks:
             t = nb * ta * tw
             v = vbuf[0, :xi * c * t].reshape(xi, c, t)
@@ -631,35 +643,5 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
             if not inside.all():
                 return None
             du += dm @ v.transpose(0, 2, 1)
-        _weight_transform_adjoint(partials[:1], variant, dw)
+        np.matmul(du.reshape(xi, o * c).T, gg, out=dw.reshape(o * c, 9))
     return dw
-
-
-def _weight_transform_adjoint(partials, variant, dw):
-    """dW[o, c, k, l] = sum_ij G[i, k] G[j, l] dU[i*alpha + j, o, c] into dw
-    (O, C, 3, 3), dU being the sum of ``partials`` (T, alpha**2, O, C)."""
-    _weight_transform_adjoint_tasks(partials, variant.g.astype(dw.dtype), dw, work=partials.size)
-
-
-@kernel
-def _weight_transform_adjoint_tasks(partials, g, dw):
-    """:func:`_weight_transform_adjoint` in two passes, one task per output channel."""
-    alpha = g.shape[0]
-    n_out, channels = dw.shape[0], dw.shape[1]
-    for o in prange(n_out):
-        half = np.zeros((alpha, 3, channels), dw.dtype)  # (dU G)[i, l]
-        for t in range(partials.shape[0]):
-            for i in range(alpha):
-                for j in range(alpha):
-                    row = partials[t, i * alpha + j, o]
-                    for l in range(3):
-                        gl = g[j, l]
-                        for c in range(channels):
-                            half[i, l, c] += gl * row[c]
-        for k in range(3):
-            for l in range(3):
-                for c in range(channels):
-                    total = half[0, l, c] * g[0, k]
-                    for i in range(1, alpha):
-                        total += half[i, l, c] * g[i, k]
-                    dw[o, c, k, l] = total
