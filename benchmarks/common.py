@@ -45,10 +45,11 @@ for _variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 # asv forks each benchmark from a server process that imported this suite: what
 # is imported here is paid once, not in every benchmark. Each is optional (an old
-# commit's environment may lack it). torch comes before fastconv: it then keeps
-# an OpenMP runtime of its own with its own defaults, as for its users, instead
-# of sharing the one fastconv starts with sleeping workers.
-for _module in ("numpy", "torch", "numba", "threadpoolctl", "fastconv"):
+# commit's environment may lack it). fastconv and torch are not among them: each
+# loads in the benchmarks that time it, so that a process timing one never runs
+# on the other's OpenMP runtime (the first one loaded serves both, with its
+# policy: torch's workers spin, fastconv's sleep).
+for _module in ("numpy", "numba", "threadpoolctl"):
     try:
         importlib.import_module(_module)
     except ImportError:
@@ -90,10 +91,10 @@ def build(op_name, workload, method, dtype, seed=0):
     """A no-argument callable running ``method`` on the named workload (arrays
     drawn from ``seed``), after a warm-up. NotImplementedError where the method or
     its arguments do not exist at this commit."""
-    pin_threads()
     op = registry.OPERATIONS[op_name]
     args, kwargs = op.arguments(workload, dtype, seed)
-    run = op.method(method, args, kwargs)
+    run = op.method(method, args, kwargs)  # imports the method's library before any pool starts
+    pin_threads()
     if method == "torch":
         registry.torch_module().set_num_threads(THREADS)
     try:

@@ -20,7 +20,6 @@ import sys
 _CHILD = """
 import sys, time, json
 import {first}
-{peer}
 import numpy as np
 sys.path.insert(0, {root!r})
 from benchmarks.common import build
@@ -30,8 +29,6 @@ while len(times) < 30 and (time.perf_counter() < stop or len(times) < 5):
     start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
 print(json.dumps(float(np.median(times))))
 """
-
-_PEER_IMPORTS = {"torch": "import torch"}
 
 
 def main():
@@ -73,9 +70,7 @@ def _campaign(opts, root, shapes):
     for r in range(opts.rounds):
         for name in names:
             for method in methods if r % 2 == 0 else methods[::-1]:
-                # a peer's own runtime loads before fastconv (which sets numba's OpenMP
-                # defaults in the environment), as it does for a user without fastconv
-                code = _CHILD.format(root=root, first=opts.first, peer=_PEER_IMPORTS.get(method, ""),
+                code = _CHILD.format(root=root, first=opts.first,
                                      args=(opts.kind, name, method, opts.dtype))
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
                 if done.returncode:
