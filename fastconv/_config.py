@@ -2,12 +2,13 @@
 
 * numba's OpenMP workers sleep once their work ends: the thread pool starts at
   import with ``OMP_WAIT_POLICY=PASSIVE`` where the user has not set it, and the
-  variable leaves the environment again at once, so that OpenMP runtimes loaded
-  later (torch's, a subprocess's) keep their own defaults. Spinning workers cost
-  a quiet machine little, but with another process busy on one of 2 cores they
-  took the caller's core (a (1, 64, 56, 56) conv2d 4.4x slower, depthwise 21x).
-  Where the process already runs an OpenMP runtime (torch imported first), numba
-  shares it and its policy. BLAS runs single-threaded inside numba's tasks
+  variable leaves the environment again at once, so that subprocesses keep their
+  own defaults. Waking a sleeping worker costs 35-70 µs per parallel kernel on a
+  2-core VM, but spinning workers (libgomp's default), with another process busy
+  on the other core, took the caller's core: a (1, 64, 56, 56) conv2d ran 10x
+  slower. A process has one libgomp: where one is already loaded (torch imported
+  first), numba runs on it with its policy, and torch imported later runs on
+  this one. BLAS runs single-threaded inside numba's tasks
   (:mod:`fastconv._blas`), so the two pools never take turns within one call.
 * Every kernel is compiled with ``cache=True`` (a second process loads it from
   disk); where no cache directory is writable, kernels compile in memory instead.
