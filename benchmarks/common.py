@@ -55,6 +55,10 @@ for _module in ("numpy", "numba", "threadpoolctl"):
     except ImportError:
         pass
 
+#: Processes per fastconv benchmark (asv's default is 2): a parallel call's time
+#: depends on the process it runs in (where its threads land, how long a sleeping
+#: worker takes to wake), so more processes, not more calls, steady the figure.
+ROUNDS = 4
 #: Wall-clock timer: the kernels are parallel, process time would count both cores.
 TIMER = timeit.default_timer
 DTYPES = ["float32", "float64"]
@@ -201,6 +205,7 @@ def operation_suite(op_name):
         params = [workloads, DTYPES]
         param_names = ["workload", "dtype"]
         timer = TIMER
+        rounds = ROUNDS
 
         def setup(self, workload, dtype):
             self.run = build(op_name, workload, "fastconv", dtype)
@@ -209,6 +214,7 @@ def operation_suite(op_name):
         params = [workloads, DTYPES]
         param_names = ["workload", "dtype"]
         timeout = 120
+        rounds = ROUNDS
 
         def setup(self, workload, dtype):
             if op.baseline == "reference" and not registry.reference_is_cheap(op, workload):
