@@ -1,6 +1,6 @@
 """fastconv: Numba CPU kernels for the einsum operations of from-scratch deep
 learning, each beside its NumPy einsum reference in :mod:`fastconv.reference`."""
-# _config comes first: it starts numba's OpenMP workers with the package's wait policy.
+# _config comes first: it decides numba's options and thread-pool policy for every kernel.
 from . import _config, layers, reference  # noqa: F401 - _config is imported for its settings
 from .activations import softmax, softmax_backward
 from .columns import col2im, im2col

@@ -261,6 +261,9 @@ def main(argv=None):
             return 2
     if args.threads:
         import numba
+
+        from ._config import start_thread_pool
+        start_thread_pool()  # with fastconv's wait policy, before numba would start it
         numba.set_num_threads(args.threads)
         try:
             import torch

@@ -1,9 +1,9 @@
 """Numba options and thread-pool policy, decided once for the whole package.
 
-* numba's OpenMP workers sleep once their work ends: the thread pool starts at
-  import with ``OMP_WAIT_POLICY=PASSIVE`` where the user has not set it, and the
-  variable leaves the environment again at once, so that subprocesses keep their
-  own defaults. Waking a sleeping worker costs 35-70 µs per parallel kernel on a
+* numba's OpenMP workers sleep once their work ends: fastconv starts the thread
+  pool on its first parallel work with ``OMP_WAIT_POLICY=PASSIVE`` where the user
+  has not set it, and the variable leaves the environment again at once, so that
+  subprocesses keep their own defaults. Waking a sleeping worker costs 35-70 µs per parallel kernel on a
   2-core VM, but spinning workers (libgomp's default), with another process busy
   on the other core, took the caller's core: a (1, 64, 56, 56) conv2d ran 10x
   slower. A process has one libgomp: where one is already loaded (torch imported
@@ -22,25 +22,42 @@ import threading
 import types
 from contextlib import nullcontext
 
-import numba  # noqa: E402
+import numba
+
+_pool_lock = threading.Lock()
+_pool_started = False
 
 
-def _start_thread_pool():
-    """numba's workers, started with the passive wait policy unless the user chose one."""
-    from numba.np.ufunc import parallel
-    chosen = "OMP_WAIT_POLICY" in os.environ
-    if not chosen:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # libgomp reads it as it loads
-    try:
-        parallel._launch_threads()
-    except Exception:  # noqa: BLE001 - no threading layer: kernels then fail with numba's own error
-        pass
-    finally:
+def start_thread_pool():
+    """Start numba's workers, with the passive wait policy unless the user chose
+    one, if no one has yet; fastconv does it on its first parallel work, not at
+    import, so that a process may still fork before it (a forked child cannot
+    use an OpenMP pool its parent started)."""
+    global _pool_started
+    if _pool_started:
+        return
+    with _pool_lock:
+        if _pool_started:
+            return
+        from numba.np.ufunc import parallel
+        chosen = "OMP_WAIT_POLICY" in os.environ
         if not chosen:
-            del os.environ["OMP_WAIT_POLICY"]
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # libgomp reads it as it loads
+        try:
+            parallel._launch_threads()
+        except Exception:  # noqa: BLE001 - no threading layer: kernels then fail with numba's own error
+            pass
+        finally:
+            if not chosen:
+                del os.environ["OMP_WAIT_POLICY"]
+        _pool_started = True
 
 
-_start_thread_pool()
+def thread_count():
+    """numba's thread count, its pool started first (:func:`start_thread_pool`)."""
+    start_thread_pool()
+    return numba.get_num_threads()
+
 
 #: Work (elements written) below which a kernel runs serially: waking the
 #: sleeping workers costs ~10 µs, the time a serial loop needs for ~2**18 products.
@@ -65,12 +82,8 @@ def _compile(py_func, parallel):
 
 
 def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:  # not initialized until the first parallel launch
-        from numba.np.ufunc import parallel
-        parallel._launch_threads()
-        return numba.threading_layer()
+    start_thread_pool()
+    return numba.threading_layer()
 
 
 _launch_lock = None
@@ -96,7 +109,7 @@ class Kernel:
         self.parallel = _compile(py_func, parallel=True)
 
     def __call__(self, *args, work):
-        if work < self.threshold or numba.get_num_threads() == 1:
+        if work < self.threshold or thread_count() == 1:
             return self.serial(*args)
         with _launch_guard():
             return self.parallel(*args)

@@ -35,6 +35,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import _args, _blas, activations, columns, conv, conv_grad, fully_connected, hadamard
 from ._args import check_ndim, geometry
+from ._config import thread_count
 
 _running = 0
 _running_lock = threading.Lock()
@@ -61,7 +62,7 @@ def _task_threads(threads):
         share = max(1, threads // _running)
     if _in_distributed_worker():
         share = 1
-    previous = numba.get_num_threads()
+    previous = thread_count()
     numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
     _blas.address(np.float64)  # loads threadpoolctl's view of BLAS for one_thread
     try:
@@ -84,7 +85,7 @@ def _map(func, out_ind, *arrays_and_indices, dtype, **kwargs):
     dask never calls ``func`` to guess one. Indices absent from ``out_ind`` must be
     single-chunk (their one block is passed whole)."""
     meta = np.empty((0,) * len(out_ind), dtype)
-    return da.blockwise(_run, out_ind, func, None, numba.get_num_threads(), None, *arrays_and_indices,
+    return da.blockwise(_run, out_ind, func, None, thread_count(), None, *arrays_and_indices,
                         concatenate=True, meta=meta, **kwargs)
 
 
@@ -161,7 +162,7 @@ def batch_outer_hadamard(A, B, *, out=None):
     # One task per (A chunk, B chunk, S block) writes one block of rows, with no
     # reshaping layer in between: at a few MB per block dask's cost per task counts.
     name = f"{func}-{tokenize(A, B)}"
-    threads, b_blocks = numba.get_num_threads(), B.numblocks[0]
+    threads, b_blocks = thread_count(), B.numblocks[0]
     tails = list(itertools.product(*(range(n) for n in A.numblocks[1:])))
     layer = {
         (name, i * b_blocks + j, *t):

@@ -46,13 +46,12 @@ import functools
 from fractions import Fraction
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import prange
 
 from . import _blas, _workspace
 from ._blas import gemm, gemm_at
-from ._config import kernel, serial_kernel
+from ._config import kernel, serial_kernel, thread_count
 
 
 class Variant(NamedTuple):
@@ -471,7 +470,7 @@ def worthwhile(n, c, o, oh, ow):
     all of U, so each thread needs enough tiles (measured, F(2x2) tiles per
     thread: (4, 256, 14, 14) with 98 ran 1.3x slower than im2col + GEMM,
     (4, 512, 7, 7) with 32 1.7x slower, (2, 128, 28, 28) with 196 1.15x faster)."""
-    per_thread = _tiles(n, oh, ow, 2) / numba.get_num_threads()
+    per_thread = _tiles(n, oh, ow, 2) / thread_count()
     return min(c, o) >= 32 and per_thread >= max(48, max(c, o) / 2)
 
 
@@ -557,7 +556,7 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     xi = alpha * alpha
     per_tile = xi * (c + o) * dtype.itemsize
     addr = _blas.address(dtype)
-    threads = numba.get_num_threads() if addr is not None else 1
+    threads = thread_count() if addr is not None else 1
     budget = _budget(addr, xi * o * c * dtype.itemsize)
     capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     with _workspace.scratch(dtype, (xi, o, c), (threads, xi * c * capacity),
@@ -612,7 +611,7 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
     per_tile = xi * (c + o) * dtype.itemsize
     addr = _blas.address(dtype)
-    threads = numba.get_num_threads() if addr is not None else 1
+    threads = thread_count() if addr is not None else 1
     budget = _budget(addr, xi * o * c * dtype.itemsize)
     capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     gg = variant.gg.astype(dtype)

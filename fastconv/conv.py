@@ -26,7 +26,6 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
   over (image, band) pairs; with groups=1 the bias rides in the GEMM as an extra
   row of ones.
 """
-import numba
 import numpy as np
 from numba import prange
 
@@ -43,7 +42,7 @@ from ._args import (
     uses_kernel,
 )
 from ._blas import gemm
-from ._config import kernel, serial_kernel
+from ._config import kernel, serial_kernel, thread_count
 from .columns import chunk_views, im2col_into, im2col_serial, im2col_stacked_into, inside_columns
 
 __all__ = ["conv2d"]
@@ -230,7 +229,7 @@ def _pointwise(w2, x3, out3):
     if addr is None:
         np.matmul(w2, x3, out=out3)
         return
-    threads = numba.get_num_threads()
+    threads = thread_count()
     pieces = min(x3.shape[2], -(-2 * threads // x3.shape[0]))  # >= two tasks a thread
     with _blas.one_thread():
         _pointwise_tasks(addr, w2, x3, out3, pieces, work=out3.size * w2.shape[1])
@@ -282,7 +281,7 @@ def _gemm_merged(x, w, b, result, geom, groups):
     per_image = (rows + o) * ohw * x.itemsize
     w2 = w.reshape(o, rg)
     out3 = result.reshape(n, o, ohw)
-    addr, threads = _blas.address(x.dtype), numba.get_num_threads()
+    addr, threads = _blas.address(x.dtype), thread_count()
     if addr is not None and n >= threads:
         chunk = _workspace.images_per_chunk(n, per_image, threads)
         with _workspace.scratch(x.dtype, (threads, rows * chunk * ohw), (threads, o * chunk * ohw)) \
@@ -326,7 +325,7 @@ def _gemm_stacked(x, w, b, result, geom, groups, has_bias):
     if fold_bias:
         w2 = np.concatenate([w2[0], b[:, None]], axis=1)[None]
     out3 = result.reshape(n, o, geom.oh * ow)
-    addr, threads = _blas.address(x.dtype), numba.get_num_threads()
+    addr, threads = _blas.address(x.dtype), thread_count()
     if addr is not None and n * -(-geom.oh // band) >= threads:
         band = min(band, geom.oh)  # a task is a band of one image
         with _workspace.scratch(x.dtype, (threads, stride * band * ow)) as (cols,), _blas.one_thread():

@@ -18,7 +18,6 @@
   direct loop kernels (one task per output plane, no shared writes), unless a
   NaN or Inf would meet the zero padding those kernels skip.
 """
-import numba
 import numpy as np
 from numba import prange
 
@@ -35,7 +34,7 @@ from ._args import (
 )
 from ._args import input_shape as shape_argument
 from ._blas import gemm, gemm_at
-from ._config import kernel, serial_kernel
+from ._config import kernel, serial_kernel, thread_count
 from .columns import chunk_views, col2im_into, col2im_serial, im2col_into, im2col_serial
 from .conv import convolve_into
 
@@ -158,7 +157,7 @@ def _image_tasks(n, rows, o, p, dtype):
     """(BLAS address, threads, images per chunk) for one task per thread over
     chunks of its images, or None where no BLAS is callable from kernels or some
     thread would have no image."""
-    addr, threads = _blas.address(dtype), numba.get_num_threads()
+    addr, threads = _blas.address(dtype), thread_count()
     if addr is None or n < threads:
         return None
     per_image = (rows + o) * p * np.dtype(dtype).itemsize

@@ -134,9 +134,12 @@ def test_layers_are_reachable_from_the_package():
 def test_thread_pool_settings_are_defaults_the_user_can_override():
     """numba's OpenMP workers sleep unless the user says otherwise, and the
     environment the user's other libraries and subprocesses see is left alone."""
+    fc._config.start_thread_pool()
     if numba.threading_layer() != "omp":
         pytest.skip("numba runs on another threading layer here")
-    code = ("import ctypes, os, fastconv; print(os.environ.get('OMP_WAIT_POLICY', 'unset'), "
+    code = ("import ctypes, os, numpy as np, fastconv; "
+            "fastconv.conv2d(np.ones((2, 32, 20, 20)), np.ones((32, 32, 3, 3)), padding=1); "
+            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), "
             "os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset'), flush=True); "
             "ctypes.CDLL('libgomp.so.1').omp_display_env(0)")
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
@@ -147,6 +150,28 @@ def test_thread_pool_settings_are_defaults_the_user_can_override():
                             env=dict(clean, OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="7"))
     assert result.stdout.split() == ["ACTIVE", "7"], result.stderr
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in result.stderr
+
+
+def test_a_process_can_fork_after_importing_fastconv():
+    """Importing fastconv starts no thread pool: a child forked before the first
+    call runs the parallel kernels (GNU OpenMP cannot be used in a child forked
+    after its pool started)."""
+    code = textwrap.dedent("""
+        import multiprocessing, numpy as np, fastconv
+        def child(queue):
+            x = np.arange(8 * 32 * 20 * 20, dtype=np.float32).reshape(8, 32, 20, 20) % 7
+            queue.put(float(fastconv.conv2d(x, np.ones((32, 32, 3, 3), np.float32), padding=1).sum()))
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        process = context.Process(target=child, args=(queue,))
+        process.start()
+        print(queue.get(timeout=120))
+        process.join()
+        print(process.exitcode)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    total, exitcode = result.stdout.split()
+    assert exitcode == "0" and float(total) > 0, result.stderr
 
 
 # -- argument handling shared by every operation -----------------------------------
