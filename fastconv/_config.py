@@ -1,12 +1,13 @@
 """Numba options and thread-pool policy, decided once for the whole package.
 
-* numba's OpenMP workers sleep once their work ends: fastconv starts the thread
-  pool on its first parallel work with ``OMP_WAIT_POLICY=PASSIVE`` where the user
-  has not set it, and the variable leaves the environment again at once, so that
-  subprocesses keep their own defaults. Waking a sleeping worker costs 35-70 µs per parallel kernel on a
-  2-core VM, but spinning workers (libgomp's default), with another process busy
-  on the other core, took the caller's core: a (1, 64, 56, 56) conv2d ran 10x
-  slower. A process has one libgomp: where one is already loaded (torch imported
+* numba's OpenMP workers sleep once their work ends: fastconv sets
+  ``OMP_WAIT_POLICY=PASSIVE`` at import where the user has not set it, and takes
+  it back out of the environment once numba's pool has started (on fastconv's
+  first parallel work), so that later subprocesses keep their own defaults.
+  Waking a sleeping worker costs 35-70 µs per parallel kernel on a 2-core VM,
+  but spinning workers (libgomp's default), with another process busy on the
+  other core, took the caller's core: a (1, 64, 56, 56) conv2d ran 10x slower.
+  A process has one libgomp: where one is already loaded (torch imported
   first), numba runs on it with its policy, and torch imported later runs on
   this one. BLAS runs single-threaded inside numba's tasks
   (:mod:`fastconv._blas`), so the two pools never take turns within one call.
@@ -24,15 +25,21 @@ from contextlib import nullcontext
 
 import numba
 
+#: Whether fastconv set ``OMP_WAIT_POLICY`` (the user had not): libgomp reads it
+#: as numba's pool loads it, whoever starts the pool (fastconv's first parallel
+#: call, or the user's ``numba.set_num_threads``).
+_SET_POLICY = "OMP_WAIT_POLICY" not in os.environ
+if _SET_POLICY:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 _pool_lock = threading.Lock()
 _pool_started = False
 
 
 def start_thread_pool():
-    """Start numba's workers, with the passive wait policy unless the user chose
-    one, if no one has yet; fastconv does it on its first parallel work, not at
-    import, so that a process may still fork before it (a forked child cannot
-    use an OpenMP pool its parent started)."""
+    """Start numba's workers if no one has yet, then take fastconv's wait policy
+    back out of the environment. fastconv does this on its first parallel work,
+    not at import, so that a process may still fork before it (a forked child
+    cannot use an OpenMP pool its parent started)."""
     global _pool_started
     if _pool_started:
         return
@@ -40,15 +47,12 @@ def start_thread_pool():
         if _pool_started:
             return
         from numba.np.ufunc import parallel
-        chosen = "OMP_WAIT_POLICY" in os.environ
-        if not chosen:
-            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # libgomp reads it as it loads
         try:
             parallel._launch_threads()
         except Exception:  # noqa: BLE001 - no threading layer: kernels then fail with numba's own error
             pass
         finally:
-            if not chosen:
+            if _SET_POLICY and os.environ.get("OMP_WAIT_POLICY") == "PASSIVE":
                 del os.environ["OMP_WAIT_POLICY"]
         _pool_started = True
 

@@ -138,6 +138,7 @@ def test_thread_pool_settings_are_defaults_the_user_can_override():
     if numba.threading_layer() != "omp":
         pytest.skip("numba runs on another threading layer here")
     code = ("import ctypes, os, numpy as np, fastconv; "
+            "import numba; numba.set_num_threads(numba.config.NUMBA_NUM_THREADS); "  # numba starts the pool
             "fastconv.conv2d(np.ones((2, 32, 20, 20)), np.ones((32, 32, 3, 3)), padding=1); "
             "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), "
             "os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset'), flush=True); "
