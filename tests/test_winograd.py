@@ -52,6 +52,15 @@ def test_without_bias(variant, rng):
     assert_matches(out, expected)
 
 
+@pytest.fixture(autouse=True)
+def fresh_block_plans():
+    """Block plans are cached per shape: tests that change the block sizes see
+    plans made with them."""
+    _winograd._blocks.cache_clear()
+    yield
+    _winograd._blocks.cache_clear()
+
+
 @pytest.fixture(params=["fused", "matmul"])
 def schedule(request, monkeypatch):
     """The fused schedule (BLAS called from the kernels), or the fallback where
@@ -70,8 +79,10 @@ def test_blocks_of_images_and_tile_rows(variant, run, schedule, monkeypatch, rng
     tile rows (the weight gradient sums dU over them), on both schedules."""
     monkeypatch.setattr(_winograd, "MIN_BLOCK_TILES", 1)
     for budget in (1, 20_000, 200_000):
-        monkeypatch.setattr(_winograd, "BLOCK_BYTES", budget)
-        monkeypatch.setattr(_winograd, "CHUNK_BYTES", budget)
+        for constant in ("BLOCK_BYTES", "MAX_BLOCK_BYTES", "CHUNK_BYTES"):
+            monkeypatch.setattr(_winograd, constant, budget)
+        _winograd._blocks.cache_clear()
+        assert _winograd._budget(1, 1 << 30) == _winograd._budget(None, 0) == budget
         result, expected = run(((3, 8, 23, 10), 6, 1), np.float64, VARIANTS[variant], rng)
         assert_matches(result, expected)
 
