@@ -3,7 +3,7 @@ batch-chunked array on one worker (the cost of dask's blocks and scheduling), an
 sum over a batch outer-Hadamard product that is never materialized."""
 import numpy as np
 
-from .common import TIMER, median_time
+from .common import TIMER, median_time, registry
 
 try:
     import dask
@@ -28,8 +28,7 @@ SCHEDULERS = {"dask_sync": dict(scheduler="sync"),
 
 
 def _arrays(*shapes):
-    rng = np.random.default_rng(0)
-    return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    return registry._random(np.random.default_rng(0), np.float32, *shapes)
 
 
 def _require_dask():

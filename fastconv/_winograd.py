@@ -528,6 +528,18 @@ def _budget(addr, u_bytes):
     return min(max(BLOCK_BYTES, 2 * u_bytes), MAX_BLOCK_BYTES) if addr is not None else CHUNK_BYTES
 
 
+def _plan(n, c, o, geom, variant, dtype):
+    """A call's tiling for the forward and the weight gradient alike: (tile rows,
+    tile columns, BLAS address or None, threads, largest block in tiles, blocks)."""
+    m, xi = variant.m, variant.alpha ** 2
+    th, tw = -(-geom.oh // m), -(-geom.ow // m)
+    addr = _blas.address(dtype)
+    threads = thread_count() if addr is not None else 1
+    budget = _budget(addr, xi * o * c * dtype.itemsize)
+    capacity, blocks = _blocks(n, th, tw, xi * (c + o) * dtype.itemsize, budget, threads)
+    return th, tw, addr, threads, capacity, blocks
+
+
 def _input_limit(variant, channels, wmax, dtype):
     """The largest |x| for which every transform, GEMM and sum of the forward
     stays finite (with 4x headroom): beyond it, or for NaN/Inf, an exact path
@@ -549,16 +561,10 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     o = w.shape[0]
     if variant is None:
         variant = choose(n, c, o, geom.oh, geom.ow)
-    m, alpha = variant.m, variant.alpha
+    m, xi = variant.m, variant.alpha ** 2
     dtype = out.dtype
-    th, tw = -(-geom.oh // m), -(-geom.ow // m)
+    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, geom, variant, dtype)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
-    xi = alpha * alpha
-    per_tile = xi * (c + o) * dtype.itemsize
-    addr = _blas.address(dtype)
-    threads = thread_count() if addr is not None else 1
-    budget = _budget(addr, xi * o * c * dtype.itemsize)
-    capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     with _workspace.scratch(dtype, (xi, o, c), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
         wmax = weight_transform(w, variant, u)
@@ -603,17 +609,11 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     dtype = dw.dtype
     if variant is None:
         variant = choose(n, c, o, geom.oh, geom.ow)
-    m, alpha = variant.m, variant.alpha
-    xi = alpha * alpha
-    th, tw = -(-geom.oh // m), -(-geom.ow // m)
+    m, xi = variant.m, variant.alpha ** 2
+    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, geom, variant, dtype)
     # |dU| <= tiles * growth * max|x| * max|dy|: both operands under the square root
     limit = dtype.type(np.sqrt(np.finfo(dtype).max / (4 * variant.growth * _tiles(n, *geom[-2:], m))))
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
-    per_tile = xi * (c + o) * dtype.itemsize
-    addr = _blas.address(dtype)
-    threads = thread_count() if addr is not None else 1
-    budget = _budget(addr, xi * o * c * dtype.itemsize)
-    capacity, blocks = _blocks(n, th, tw, per_tile, budget, threads)
     gg = variant.gg.astype(dtype)
     shapes = ((threads, xi, o, c), (threads, xi * c * capacity), (threads, xi * o * capacity),
               (threads, o * c, 9))
