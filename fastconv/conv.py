@@ -140,28 +140,17 @@ def _column_ranges(geom, width):
 @serial_kernel
 def _small(x, w2, b, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl):
     """Whole small convolution in one serial call: im2col over the batch (public
-    layout, rows of length N*OH*OW, zero padding by bounds), GEMM with the bias,
-    scatter to NCHW.
+    layout, rows of length N*OH*OW), GEMM with the bias, scatter to NCHW.
 
     Scratch (from the wrapper): cols (C*KH*KW, N*OH*OW), tmp (O, N*OH*OW);
     w2 is (O, C/groups*KH*KW).
     """
-    n_images, channels, h, wd = x.shape
+    n_images = x.shape[0]
     n_out = w2.shape[0]
     oh, ow = out.shape[2], out.shape[3]
-    for c in range(channels):
-        for i in range(kh):
-            for j in range(kw):
-                row = cols[(c * kh + i) * kw + j]
-                p = 0
-                for n in range(n_images):
-                    for y in range(oh):
-                        ih = y * sh - pt + i * dh
-                        for q in range(ow):
-                            iw = q * sw - pl + j * dw
-                            inside = 0 <= ih < h and 0 <= iw < wd
-                            row[p + q] = x[n, c, ih, iw] if inside else 0
-                        p += ow
+    ohw = oh * ow
+    im2col_serial(x, cols.reshape((cols.shape[0] * n_images, ohw)), n_images, 1,
+                  kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
     og = n_out // groups
     rg = w2.shape[1]
     for o in range(n_out):
@@ -173,14 +162,12 @@ def _small(x, w2, b, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl):
             crow = cols[first + k]
             for q in range(acc.shape[0]):
                 acc[q] += wv * crow[q]
-    ohw = oh * ow
+    outf = out.ravel()
     for n in range(n_images):
         for o in range(n_out):
-            dst = out[n, o]
-            src = tmp[o, n * ohw:(n + 1) * ohw]
-            for y in range(oh):
-                for q in range(ow):
-                    dst[y, q] = src[y * ow + q]
+            dst, src = (n * n_out + o) * ohw, tmp[o, n * ohw:(n + 1) * ohw]
+            for p in range(ohw):
+                outf[dst + p] = src[p]
 
 
 @kernel

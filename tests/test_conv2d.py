@@ -226,6 +226,28 @@ def test_bad_arguments(kwargs, exc, match):
         fc.conv2d(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(stride=(1, True)), TypeError, "stride must be an int"),
+    (dict(padding=(1, 1.0)), TypeError, "padding must be an int"),
+    (dict(dilation=True), TypeError, "dilation must be an int"),
+    (dict(padding=(1, -1)), ValueError, "padding must be >= 0"),
+    (dict(stride=2, padding="same"), ValueError, "padding='same' needs stride 1"),
+])
+def test_bad_window_arguments_after_good_ones(kwargs, exc, match):
+    # the plain-int window arguments of a call are remembered: a bool or float that
+    # compares (and hashes) equal to them must still be rejected, every time
+    def as_ints(value):
+        return tuple(map(int, value)) if isinstance(value, tuple) else value if isinstance(value, str) \
+            else int(value)
+
+    good = {name: as_ints(value) for name, value in kwargs.items()}
+    for _ in range(2):
+        if exc is TypeError:
+            fc.conv2d(X, W, **good)
+        with pytest.raises(exc, match=match):
+            fc.conv2d(X, W, **kwargs)
+
+
 def test_out_overlapping_an_input():
     buf = np.zeros(216)
     with pytest.raises(ValueError, match="out shares memory with weight"):
