@@ -10,10 +10,14 @@ patch ``d`` with ``alpha**2`` multiplications instead of ``9 m**2``
 Summed over the input channels, the elementwise product becomes ``alpha**2``
 independent GEMMs, one per transform coordinate ``xi = (i, j)``::
 
-    U[xi, o, c] = (G g[o, c] G^T)[i, j]          weights, every call (no stale cache)
-    V[xi, c, t] = (B^T d[c, t] B)[i, j]          tiles t = (tile row, tile column, image)
-    M[xi]       = U[xi] @ V[xi]                  alpha**2 GEMMs per block of tiles
-    y[n, o, tile t] = A^T M[:, o, t] A + bias[o] (edge tiles clipped)
+    U[xi, c, o] = (G g[o, c] G^T)[i, j]          weights, every call (no stale cache)
+    V[xi, t, c] = (B^T d[c, t] B)[i, j]          tiles t = (tile row, tile column, image)
+    M[xi]       = V[xi] @ U[xi]                  alpha**2 GEMMs per block of tiles
+    y[n, o, tile t] = A^T M[:, t, o] A + bias[o] (edge tiles clipped)
+
+Channels are innermost in V and M, so that the transforms run over contiguous
+runs of channels and both GEMM operands are untransposed (a transposed operand
+ran at 0.55-0.9x the rate here).
 
 The matrices come from the Cook-Toom construction over a set of interpolation
 points (:func:`_cook_toom`); one table-driven kernel serves every variant.
@@ -26,16 +30,16 @@ transform, while the block is in the core's cache. Where no BLAS is callable
 from kernels, larger chunks (``CHUNK_BYTES``) alternate parallel transforms with
 one batched NumPy matmul.
 
-The transforms are separable. Each pass runs over all tiles of a block and a
-group of ``GROUP`` channels at once, images innermost, so that the passes are
-linear combinations of long contiguous vectors (:func:`_combine`): the input is
-first split into column phases ``q[s, l, t] = d[a*m + s, b*m + l]`` (the only
-strided access; zero padding handled by bounds, no padded copy), after which a
-shift by one tile row is a fixed offset into the flat tile run.
+The transforms are separable and each pass is a linear combination of
+contiguous vectors (:func:`_combine`). The input transform first copies an
+image's band of padded rows with its channels innermost (the only strided
+access, zero padding included), then combines whole staged rows along the
+height and runs of channels along the width. The output transform combines
+whole planes of M and reorders only while writing the NCHW result.
 
 The weight gradient runs the same steps adjointly (:func:`grad_weight_3x3`):
 the input transform with ``A`` in place of ``B^T`` gives ``dM = A dy A^T`` over
-the output tiles, each thread sums ``dM[xi] @ V[xi]^T`` over its blocks into a
+the output tiles, each thread sums ``dM[xi]^T @ V[xi]`` over its blocks into a
 partial dU, maps it back to the 3x3 taps (``G^T dU G``, one GEMM with
 kron(G, G)), and the threads' taps are summed.
 
@@ -222,107 +226,130 @@ def _terms(row, starts, coefs, offsets, base):
     return starts[:count], coefs[:count]
 
 
-
-#: Channels transformed together: each pass is one long vector over them.
+#: Channels per parallel task where the transforms run as parallel kernels
+#: between NumPy matmuls (no BLAS callable from the kernels).
 GROUP = 16
 
 
 @serial_kernel
 def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
-    """v[i*alpha + j, c, (a*tw + b)*nb + k] = (B^T d B)[i, j] for channels
+    """v[i*alpha + j, (a*tw + b)*nb + k, c] = (B^T d B)[i, j] for channels
     c0 <= c < c1, where d is the size x size patch (``alpha, size = bt.shape``)
     of image ``n0 + k`` (k < nb), channel c, at padded row ``(a0 + a)*m`` and
     padded column ``b*m`` (zero outside the image). Returns whether every input
     value read lies within ``[-limit, limit]`` (False for NaN and Inf).
 
     With ``bt = A`` (``size = m``) this is the adjoint of the output transform,
-    ``A dy A^T`` over the m x m tiles of a gradient ``dy``."""
+    ``A dy A^T`` over the m x m tiles of a gradient ``dy``.
+
+    Per image, the band of padded rows the tiles read is first copied with its
+    channels innermost, ``staged[row, col, c]``; from there both passes are
+    linear combinations of contiguous runs of channels (:func:`_combine`)."""
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
     alpha, size = bt.shape
-    group = c1 - c0
-    nb = v.shape[2] // (th * tw)
-    row_len = tw * nb  # one tile row of the block, images innermost
-    phase_rows = th + (size - 1) // m  # the last patch reaches phase row th - 1 + (size - 1) // m
-    span = phase_rows * row_len
-    plane = group * span  # one (s, l) phase of every channel of the group
-    # flat offsets of the sources: q[s, l] in the row pass, r[j, i % m] shifted by
-    # i // m phase rows in the column pass
-    row_offsets = np.arange(size) * plane
-    col_offsets = (np.arange(size) % m) * plane + (np.arange(size) // m) * row_len
+    group, tiles, stride = c1 - c0, v.shape[1], v.shape[2]
+    nb = tiles // (th * tw)
+    rows, width = th * m + size - m, tw * m + size - m  # the band of padded rows and columns
+    pitch = width * group  # one staged row
+    ugroup = np.uint64(group)
+    inner = max(0, min(wd, width - pl))  # image columns inside the band
     xf, vf = x.ravel(), v.ravel()
-    tiles = v.shape[2]
     starts = np.empty(size, np.int64)
     coefs = np.empty(size, x.dtype)
-    # column phases q[s, l, c, (a*tw + b)*nb + k] = d[k][c][(a0 + a)*m + s, b*m + l]
-    q = np.empty(m * size * plane, x.dtype)
-    for s in range(m):
-        for a in range(phase_rows):
-            row = (a0 + a) * m + s - pt
-            for cg in range(group):
-                at = s * size * plane + cg * span + a * row_len
-                if row < 0 or row >= h:
-                    for l in range(size):
-                        _zero(q, at + l * plane, at + l * plane + row_len)
-                    continue
-                for k in range(nb):
-                    src = (((n0 + k) * channels + c0 + cg) * h + row) * wd
-                    _deinterleave(q, at + k, plane, nb, xf, src, wd, pl, m, size, tw)
-    inside = _within(q, limit)
-    # row pass r[j, s] = sum_l B^T[j, l] q[s, l], all channels of the group at once
-    r = np.empty(alpha * m * plane, x.dtype)
-    for s in range(m):
-        for j in range(alpha):
-            st, co = _terms(bt[j], starts, coefs, row_offsets, s * size * plane)
-            _combine(r, (j * m + s) * plane, 0, q, st, 0, co, 1, plane)
-    # column pass: padded row (a0 + a)*m + i is phase i % m of phase row a + i // m
-    for i in range(alpha):
-        for j in range(alpha):
-            st, co = _terms(bt[i], starts, coefs, col_offsets, j * m * plane)
-            _combine(vf, ((i * alpha + j) * channels + c0) * tiles, tiles, r, st, span, co,
-                     group, tiles)
+    row_offsets = np.arange(size) * pitch
+    col_offsets = np.arange(size) * group
+    staged = np.empty(rows * pitch, x.dtype)
+    cols = np.empty(alpha * th * pitch, x.dtype)  # column pass: cols[i, a, col, c]
+    inside = True
+    for k in range(nb):
+        for r in range(rows):
+            row = a0 * m + r - pt
+            at = r * pitch
+            if row < 0 or row >= h:
+                _zero(staged, at, at + pitch)
+                continue
+            _zero(staged, at, at + min(pl, width) * group)
+            _zero(staged, at + (pl + inner) * group, at + pitch)
+            for c in range(group):
+                src = np.uint64((((n0 + k) * channels + c0 + c) * h + row) * wd)
+                dst = np.uint64(at + pl * group + c)
+                for q in range(np.uint64(inner)):
+                    staged[dst + q * ugroup] = xf[src + q]
+        inside &= _within(staged, limit)
+        # column pass cols[i, a] = sum_r B^T[i, r] staged[a*m + r], all tile rows at once
+        for i in range(alpha):
+            st, co = _terms(bt[i], starts, coefs, row_offsets, 0)
+            _combine(cols, i * th * pitch, pitch, staged, st, m * pitch, co, th, pitch)
+        # row pass v[i*alpha + j, tile (a, b)] = sum_l B^T[j, l] cols[i, a, b*m + l]
+        for i in range(alpha):
+            for j in range(alpha):
+                for a in range(th):
+                    st, co = _terms(bt[j], starts, coefs, col_offsets, (i * th + a) * pitch)
+                    _combine(vf, ((i * alpha + j) * tiles + a * tw * nb + k) * stride + c0, nb * stride,
+                             cols, st, m * group, co, tw, group)
     return inside
 
 
 @serial_kernel
-def _output_channels(mm, at, bias, out, n0, a0, th, tw, o0, o1):
-    """out[n0 + k, o, tile (a0 + a, b)] = (A^T M A)[:, o, (a*tw + b)*nb + k] + bias[o]
-    for o0 <= o < o1, clipped to the output plane."""
+def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
+    """out[n0 + k, o, tile (a0 + a, b)] = (A^T M A)[:, (a*tw + b)*nb + k, o] + bias[o]
+    for every output channel, clipped to the output plane; ``mm`` is
+    (alpha**2, tiles, O), channels innermost, so both passes run over whole
+    planes of M and only the last step reorders."""
     m, alpha = at.shape
     n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    tiles = mm.shape[2]
+    tiles = mm.shape[1]
     nb = tiles // (th * tw)
-    plane = (o1 - o0) * tiles
+    plane = tiles * n_out
     flat, outf = mm.ravel(), out.ravel()
-    col_offsets = np.arange(alpha) * (alpha * n_out * tiles)  # M[i*alpha + j] over i
-    row_offsets = np.arange(alpha) * plane  # s[u, j] over j
+    col_offsets = np.arange(alpha) * (alpha * plane)  # M[i*alpha + j] over i
+    row_offsets = np.arange(alpha) * plane  # s[j] over j
     starts = np.empty(alpha, np.int64)
     coefs = np.empty(alpha, mm.dtype)
-    # column pass s[u, j] = sum_i A^T[u, i] M[i*alpha + j, o0:o1]
-    s = np.empty(m * alpha * plane, mm.dtype)
-    for u in range(m):
-        for j in range(alpha):
-            st, co = _terms(at[u], starts, coefs, col_offsets, (j * n_out + o0) * tiles)
-            _combine(s, (u * alpha + j) * plane, 0, flat, st, 0, co, 1, plane)
-    # row pass y[v] = sum_j A^T[v, j] s[u, j], then out rows (a0 + a)*m + u
+    whole = min(tw, ow // m)  # tile columns inside the plane
+    step = np.uint64(nb * n_out)  # from one tile column to the next in y
+    s = np.empty(alpha * plane, mm.dtype)
     y = np.empty(m * plane, mm.dtype)
     for u in range(m):
+        # column pass s[j] = sum_i A^T[u, i] M[i*alpha + j], then row pass y[v] = sum_j A^T[v, j] s[j]
+        for j in range(alpha):
+            st, co = _terms(at[u], starts, coefs, col_offsets, j * plane)
+            _combine(s, j * plane, 0, flat, st, 0, co, 1, plane)
         for vv in range(m):
-            st, co = _terms(at[vv], starts, coefs, row_offsets, u * alpha * plane)
+            st, co = _terms(at[vv], starts, coefs, row_offsets, 0)
             _combine(y, vv * plane, 0, s, st, 0, co, 1, plane)
-        for o in range(o0, o1):
-            bo = bias[o]
-            for k in range(nb):
-                first = ((n0 + k) * n_out + o) * oh * ow
-                for a in range(th):
-                    row = (a0 + a) * m + u
-                    if row >= oh:
-                        break
-                    for vv in range(m):
-                        src = np.uint64(vv * plane + (o - o0) * tiles + a * tw * nb + k)
-                        dst = np.uint64(first + row * ow + vv)
-                        count = np.uint64(min(tw, max(0, (ow - vv + m - 1) // m)))
-                        for b in range(count):
-                            outf[dst + b * np.uint64(m)] = y[src + b * np.uint64(nb)] + bo
+        for k in range(nb):
+            for a in range(th):
+                row = (a0 + a) * m + u
+                if row >= oh:
+                    break
+                for o in range(n_out):
+                    bo = bias[o]
+                    dst = np.uint64((((n0 + k) * n_out + o) * oh + row) * ow)
+                    src = np.uint64((a * tw * nb + k) * n_out + o)
+                    if m == 4:
+                        p0, p1 = src, src + np.uint64(plane)
+                        p2, p3 = p1 + np.uint64(plane), p1 + np.uint64(2 * plane)
+                        for b in range(np.uint64(whole)):
+                            d, e = dst + np.uint64(4) * b, b * step
+                            outf[d] = y[p0 + e] + bo
+                            outf[d + np.uint64(1)] = y[p1 + e] + bo
+                            outf[d + np.uint64(2)] = y[p2 + e] + bo
+                            outf[d + np.uint64(3)] = y[p3 + e] + bo
+                        first = whole
+                    elif m == 2:
+                        p0, p1 = src, src + np.uint64(plane)
+                        for b in range(np.uint64(whole)):
+                            d, e = dst + np.uint64(2) * b, b * step
+                            outf[d] = y[p0 + e] + bo
+                            outf[d + np.uint64(1)] = y[p1 + e] + bo
+                        first = whole
+                    else:
+                        first = 0
+                    for b in range(first, tw):
+                        e = src + np.uint64(b) * step
+                        for vv in range(min(m, ow - b * m)):
+                            outf[dst + np.uint64(b * m + vv)] = y[e + np.uint64(vv * plane)] + bo
 
 
 @kernel
@@ -335,33 +362,14 @@ def _input_transform(x, bt, m, pt, pl, n0, a0, th, tw, v, limit, inside):
                                     min(channels, c0 + GROUP), limit)
 
 
-@kernel
-def _output_transform(mm, at, bias, out, n0, a0, th, tw):
-    """:func:`_output_channels` for every group of output channels, one task per group."""
-    n_out = out.shape[1]
-    for g in prange(-(-n_out // GROUP)):
-        o0 = g * GROUP
-        _output_channels(mm, at, bias, out, n0, a0, th, tw, o0, min(n_out, o0 + GROUP))
-
-
-@serial_kernel
-def _input_block(x, bt, m, pt, pl, n0, a0, th, tw, v, limit):
-    """:func:`_input_channels` for every group of channels, in one task."""
-    channels = x.shape[1]
-    inside = True
-    for c0 in range(0, channels, GROUP):
-        inside &= _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, min(channels, c0 + GROUP), limit)
-    return inside
-
-
 @serial_kernel
 def _block_views(blocks, k, tw, vbuf, mbuf, t, c, o, alpha2):
     """Block k's (first image, images, first tile row, tile rows) and thread t's
-    V (alpha2, c, tiles) and M (alpha2, o, tiles) for it."""
+    V (alpha2, tiles, c) and M (alpha2, tiles, o) for it."""
     n0, nb, a0, ta = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
     tiles = nb * ta * tw
-    v = vbuf[t, :alpha2 * c * tiles].reshape((alpha2, c, tiles))
-    mm = mbuf[t, :alpha2 * o * tiles].reshape((alpha2, o, tiles))
+    v = vbuf[t, :alpha2 * c * tiles].reshape((alpha2, tiles, c))
+    mm = mbuf[t, :alpha2 * o * tiles].reshape((alpha2, tiles, o))
     return n0, a0, ta, v, mm
 
 
@@ -374,24 +382,23 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
     ``inside[t]`` becomes False (and thread t stops) where an input value is
     beyond ``limit``."""
     threads, n_blocks = vbuf.shape[0], blocks.shape[0]
-    alpha2, n_out, channels = u.shape
+    alpha2, channels, n_out = u.shape
     for t in prange(threads):
         for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
             n0, a0, ta, v, mm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
-            inside[t] &= _input_block(x, bt, m, pt, pl, n0, a0, ta, tw, v, limit)
+            inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, 0, channels, limit)
             if not inside[t]:
                 break
             for xi in range(alpha2):
-                gemm(addr, u[xi], v[xi], mm[xi], False, 0.0)
-            for o0 in range(0, n_out, GROUP):
-                _output_channels(mm, at, bias, out, n0, a0, ta, tw, o0, min(n_out, o0 + GROUP))
+                gemm(addr, v[xi], u[xi], mm[xi], False, 0.0)
+            _output_tiles(mm, at, bias, out, n0, a0, ta, tw)
 
 
 @kernel
 def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du, gg, dw_parts, limit,
                        inside):
     """The Winograd weight gradient, one task per thread: for each of the
-    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi] @ V[xi]^T``;
+    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi]^T @ V[xi]``;
     at the end the thread's dU back to 3x3 taps, ``dw_parts[t] = du[t]^T kron(G, G)``
     ((O*C, 9); zero for a thread without blocks)."""
     threads, n_blocks = vbuf.shape[0], blocks.shape[0]
@@ -400,12 +407,12 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
         first, last = t * n_blocks // threads, (t + 1) * n_blocks // threads
         for k in range(first, last):
             n0, a0, ta, v, dm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
-            inside[t] &= _input_block(x, bt, m, pt, pl, n0, a0, ta, tw, v, limit)
-            inside[t] &= _input_block(dy, a, m, 0, 0, n0, a0, ta, tw, dm, limit)
+            inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, 0, channels, limit)
+            inside[t] &= _input_channels(dy, a, m, 0, 0, n0, a0, ta, tw, dm, 0, n_out, limit)
             if not inside[t]:
                 break
             for xi in range(alpha2):
-                gemm(addr, dm[xi], v[xi], du[t, xi], True, 0.0 if k == first else 1.0)
+                gemm_at(addr, dm[xi], v[xi], du[t, xi], 0.0 if k == first else 1.0)
         if first == last:
             dw_parts[t] = 0
         elif inside[t]:
@@ -413,8 +420,8 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
 
 
 def weight_transform(w, variant, u):
-    """U[xi, o, c] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
-    ``(alpha**2, O, C)`` in ``w.dtype``, for a C-contiguous w (O, C, 3, 3).
+    """U[xi, c, o] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
+    ``(alpha**2, C, O)`` in ``w.dtype``, for a C-contiguous w (O, C, 3, 3).
     Recomputed on every call: weights are often updated in place.
 
     Returns max|w|, NaN where w holds a NaN."""
@@ -425,27 +432,34 @@ def weight_transform(w, variant, u):
 @kernel
 def _weight_transform(w, g, u):
     """:func:`weight_transform` of w (O, C, 9) as two passes of three terms, one
-    task per output channel, the channels innermost (a GEMM with a 9-long inner
-    dimension ran at a tenth of the BLAS peak here)."""
+    task per input channel, the output channels innermost (a GEMM with a 9-long
+    inner dimension ran at a tenth of the BLAS peak here)."""
     n_out, channels = w.shape[0], w.shape[1]
     alpha = g.shape[0]
-    for o in prange(n_out):
-        taps = np.empty((9, channels), w.dtype)
-        for c in range(channels):
-            for k in range(9):
-                taps[k, c] = w[o, c, k]
-        half = np.empty((alpha, 3, channels), w.dtype)  # (G w)[i, l]
+    wf, uf = w.ravel(), u.ravel()
+    n = np.uint64(n_out)  # unsigned indices: no wraparound checks, the loops vectorize
+    for c in prange(channels):
+        taps = np.empty(9 * n_out, w.dtype)  # taps[k, o]
+        for o in range(n):
+            src = (o * np.uint64(channels) + np.uint64(c)) * np.uint64(9)
+            for k in range(np.uint64(9)):
+                taps[k * n + o] = wf[src + k]
+        half = np.empty(alpha * 3 * n_out, w.dtype)  # (G w)[i, l, o]
         for i in range(alpha):
             g0, g1, g2 = g[i, 0], g[i, 1], g[i, 2]
             for l in range(3):
-                for c in range(channels):
-                    half[i, l, c] = g0 * taps[l, c] + g1 * taps[3 + l, c] + g2 * taps[6 + l, c]
+                at = np.uint64((i * 3 + l) * n_out)
+                t0, t1, t2 = np.uint64(l * n_out), np.uint64((3 + l) * n_out), np.uint64((6 + l) * n_out)
+                for o in range(n):
+                    half[at + o] = g0 * taps[t0 + o] + g1 * taps[t1 + o] + g2 * taps[t2 + o]
         for i in range(alpha):
+            h0 = np.uint64(i * 3 * n_out)
+            h1, h2 = h0 + n, h0 + np.uint64(2 * n_out)
             for j in range(alpha):
                 g0, g1, g2 = g[j, 0], g[j, 1], g[j, 2]
-                row = u[i * alpha + j, o]
-                for c in range(channels):
-                    row[c] = g0 * half[i, 0, c] + g1 * half[i, 1, c] + g2 * half[i, 2, c]
+                at = np.uint64(((i * alpha + j) * channels + c) * n_out)
+                for o in range(n):
+                    uf[at + o] = g0 * half[h0 + o] + g1 * half[h1 + o] + g2 * half[h2 + o]
 
 
 #: Bytes of V and M per block of tiles in the fused schedule: a thread's block
@@ -565,7 +579,7 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     dtype = out.dtype
     th, tw, addr, threads, capacity, blocks = _plan(n, c, o, geom, variant, dtype)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
-    with _workspace.scratch(dtype, (xi, o, c), (threads, xi * c * capacity),
+    with _workspace.scratch(dtype, (xi, c, o), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
         wmax = weight_transform(w, variant, u)
         if not np.isfinite(wmax):
@@ -580,13 +594,13 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
         inside = np.ones(-(-c // GROUP), np.bool_)
         for n0, nb, a0, ta in blocks:
             t = nb * ta * tw
-            v = vbuf[0, :xi * c * t].reshape(xi, c, t)
-            mm = mbuf[0, :xi * o * t].reshape(xi, o, t)
+            v = vbuf[0, :xi * c * t].reshape(xi, t, c)
+            mm = mbuf[0, :xi * o * t].reshape(xi, t, o)
             _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside, work=v.size)
             if not inside.all():
                 return None
-            np.matmul(u, v, out=mm)
-            _output_transform(mm, at, b, out, n0, a0, ta, tw, work=mm.size)
+            np.matmul(v, u, out=mm)
+            _output_tiles(mm, at, b, out, n0, a0, ta, tw)
     return out
 
 
@@ -598,8 +612,8 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
 
     The adjoint of the forward, transform by transform::
 
-        dM[xi, o, t] = (A dy[n, o, tile t] A^T)[i, j]    dy zero beyond OH, OW
-        dU[xi]       = sum over a thread's blocks of dM[xi] @ V[xi]^T
+        dM[xi, t, o] = (A dy[n, o, tile t] A^T)[i, j]    dy zero beyond OH, OW
+        dU[xi]       = sum over a thread's blocks of dM[xi]^T @ V[xi]
         dW[o, c]     = sum over threads of G^T dU[:, o, c] G
 
     with V the forward's input transform.
@@ -633,14 +647,14 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
         du[...] = 0
         for n0, nb, a0, ta in blocks:
             t = nb * ta * tw
-            v = vbuf[0, :xi * c * t].reshape(xi, c, t)
-            dm = mbuf[0, :xi * o * t].reshape(xi, o, t)
+            v = vbuf[0, :xi * c * t].reshape(xi, t, c)
+            dm = mbuf[0, :xi * o * t].reshape(xi, t, o)
             _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside[:groups],
                              work=v.size)
             _input_transform(grad_out, a, m, 0, 0, n0, a0, ta, tw, dm, limit, inside[groups:],
                              work=dm.size)
             if not inside.all():
                 return None
-            du += dm @ v.transpose(0, 2, 1)
+            du += dm.transpose(0, 2, 1) @ v
         np.matmul(du.reshape(xi, o * c).T, gg, out=dw.reshape(o * c, 9))
     return dw
