@@ -482,10 +482,10 @@ def worthwhile(n, c, o, oh, ow):
     """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape. The
     transforms cost a fixed overhead per channel and every block of tiles reads
     all of U, so each thread needs enough tiles (measured, F(2x2) tiles per
-    thread: (4, 256, 14, 14) with 98 ran 1.3x slower than im2col + GEMM,
-    (4, 512, 7, 7) with 32 1.7x slower, (2, 128, 28, 28) with 196 1.15x faster)."""
+    thread: (4, 256, 14, 14) with 98 ran 1.35x faster than im2col + GEMM,
+    (16, 512, 7, 7) with 128 1.1x faster, (4, 512, 7, 7) with 32 1.9x slower)."""
     per_thread = _tiles(n, oh, ow, 2) / thread_count()
-    return min(c, o) >= 32 and per_thread >= max(48, max(c, o) / 2)
+    return min(c, o) >= 32 and per_thread >= max(48, max(c, o) / 4)
 
 
 def grad_weight_worthwhile(n, c, o, oh, ow):
@@ -499,12 +499,14 @@ def choose(n, c, o, oh, ow):
     """F(4x4,3x3) where it saves enough work over F(2x2,3x3), else F(2x2,3x3).
 
     F4's transforms cost more per element and its edge tiles waste more (14x14
-    is covered by 16x16), so it needs >= 64 channels, >= 128 tiles and 35% less
-    transformed data than F2 (measured on the resnet shapes). Both stay well
+    is covered by 16x16), so it needs >= 64 channels, >= 80 tiles and 35% less
+    transformed data than F2 (measured: (2, 128, 28, 28) with 98 tiles and
+    (3, 160, 17, 23) with 90 ran 1.15x faster than F2, (16, 512, 7, 7) with 64
+    1.2x slower). Both stay well
     within the float32 tolerance (F4 with its interpolation points: error
     <= 5e-6 of max|y| at C=256, against 1e-4 allowed)."""
     t2, t4 = _tiles(n, oh, ow, 2), _tiles(n, oh, ow, 4)
-    return F4 if min(c, o) >= 64 and t4 >= 128 and 36 * t4 <= 0.65 * 16 * t2 else F2
+    return F4 if min(c, o) >= 64 and t4 >= 80 and 36 * t4 <= 0.65 * 16 * t2 else F2
 
 
 @functools.lru_cache(maxsize=64)
