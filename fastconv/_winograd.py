@@ -425,43 +425,51 @@ def weight_transform(w, variant, u):
     Recomputed on every call: weights are often updated in place.
 
     Returns max|w|, NaN where w holds a NaN."""
-    _weight_transform(w.reshape(w.shape[0], w.shape[1], 9), variant.g.astype(w.dtype), u, work=u.size)
+    size = w.shape[0] * w.shape[1]
+    pieces = max(thread_count(), -(-size // WEIGHT_PIECE))
+    _weight_transform(w.reshape(w.shape[0], w.shape[1], 9), variant.g.astype(w.dtype), u, pieces,
+                      work=u.size)
     return max(w.max(), -w.min())
 
 
 @kernel
-def _weight_transform(w, g, u):
-    """:func:`weight_transform` of w (O, C, 9) as two passes of three terms, one
-    task per input channel, the output channels innermost (a GEMM with a 9-long
-    inner dimension ran at a tenth of the BLAS peak here)."""
+def _weight_transform(w, g, u, pieces):
+    """:func:`weight_transform` of w (O, C, 9) as two passes of three terms over
+    runs of the (C, O) plane, in ``pieces`` tasks (a GEMM with a 9-long inner
+    dimension ran at a tenth of the BLAS peak here)."""
     n_out, channels = w.shape[0], w.shape[1]
     alpha = g.shape[0]
+    size = channels * n_out
     wf, uf = w.ravel(), u.ravel()
-    n = np.uint64(n_out)  # unsigned indices: no wraparound checks, the loops vectorize
-    for c in prange(channels):
-        taps = np.empty(9 * n_out, w.dtype)  # taps[k, o]
-        for o in range(n):
-            src = (o * np.uint64(channels) + np.uint64(c)) * np.uint64(9)
-            for k in range(np.uint64(9)):
-                taps[k * n + o] = wf[src + k]
-        half = np.empty(alpha * 3 * n_out, w.dtype)  # (G w)[i, l, o]
+    for piece in prange(pieces):
+        p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
+        n = np.uint64(p1 - p0)
+        taps = np.empty(9 * (p1 - p0), w.dtype)  # taps[k, e - p0] = w[o, c, k] for e = c*O + o
+        for e in range(p0, p1):
+            c = e // n_out
+            src = np.uint64(((e - c * n_out) * channels + c) * 9)
+            for k in range(9):
+                taps[k * (p1 - p0) + e - p0] = wf[src + np.uint64(k)]
+        half = np.empty(alpha * 3 * (p1 - p0), w.dtype)  # (G w)[i, l]
         for i in range(alpha):
             g0, g1, g2 = g[i, 0], g[i, 1], g[i, 2]
             for l in range(3):
-                at = np.uint64((i * 3 + l) * n_out)
-                t0, t1, t2 = np.uint64(l * n_out), np.uint64((3 + l) * n_out), np.uint64((6 + l) * n_out)
-                for o in range(n):
-                    half[at + o] = g0 * taps[t0 + o] + g1 * taps[t1 + o] + g2 * taps[t2 + o]
+                at = np.uint64(i * 3 + l) * n
+                t0, t1, t2 = np.uint64(l) * n, np.uint64(3 + l) * n, np.uint64(6 + l) * n
+                for q in range(n):
+                    half[at + q] = g0 * taps[t0 + q] + g1 * taps[t1 + q] + g2 * taps[t2 + q]
         for i in range(alpha):
-            h0 = np.uint64(i * 3 * n_out)
-            h1, h2 = h0 + n, h0 + np.uint64(2 * n_out)
+            h0 = np.uint64(3 * i) * n
+            h1, h2 = h0 + n, h0 + np.uint64(2) * n
             for j in range(alpha):
                 g0, g1, g2 = g[j, 0], g[j, 1], g[j, 2]
-                at = np.uint64(((i * alpha + j) * channels + c) * n_out)
-                for o in range(n):
-                    uf[at + o] = g0 * half[h0 + o] + g1 * half[h1 + o] + g2 * half[h2 + o]
+                at = np.uint64((i * alpha + j) * size + p0)
+                for q in range(n):
+                    uf[at + q] = g0 * half[h0 + q] + g1 * half[h1 + q] + g2 * half[h2 + q]
 
 
+#: Filter taps per piece of the weight transform: its scratch stays in cache.
+WEIGHT_PIECE = 2048
 #: Bytes of V and M per block of tiles in the fused schedule: a thread's block
 #: stays in its core's cache from the input transform to the output transform.
 BLOCK_BYTES = 4 << 20
