@@ -259,7 +259,7 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
     row_offsets = np.arange(size) * pitch
     col_offsets = np.arange(size) * group
     staged = np.empty(rows * pitch, x.dtype)
-    cols = np.empty(alpha * th * pitch, x.dtype)  # column pass: cols[i, a, col, c]
+    cols = np.empty(alpha * pitch, x.dtype)  # one tile row's column pass: cols[i, col, c]
     inside = True
     for k in range(nb):
         for r in range(rows):
@@ -276,15 +276,15 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
                 for q in range(np.uint64(inner)):
                     staged[dst + q * ugroup] = xf[src + q]
         inside &= _within(staged, limit)
-        # column pass cols[i, a] = sum_r B^T[i, r] staged[a*m + r], all tile rows at once
-        for i in range(alpha):
-            st, co = _terms(bt[i], starts, coefs, row_offsets, 0)
-            _combine(cols, i * th * pitch, pitch, staged, st, m * pitch, co, th, pitch)
-        # row pass v[i*alpha + j, tile (a, b)] = sum_l B^T[j, l] cols[i, a, b*m + l]
-        for i in range(alpha):
-            for j in range(alpha):
-                for a in range(th):
-                    st, co = _terms(bt[j], starts, coefs, col_offsets, (i * th + a) * pitch)
+        for a in range(th):
+            # column pass cols[i] = sum_r B^T[i, r] staged[a*m + r], then row pass
+            # v[i*alpha + j, tile (a, b)] = sum_l B^T[j, l] cols[i, b*m + l]
+            for i in range(alpha):
+                st, co = _terms(bt[i], starts, coefs, row_offsets, a * m * pitch)
+                _combine(cols, i * pitch, 0, staged, st, 0, co, 1, pitch)
+            for i in range(alpha):
+                for j in range(alpha):
+                    st, co = _terms(bt[j], starts, coefs, col_offsets, i * pitch)
                     _combine(vf, ((i * alpha + j) * tiles + a * tw * nb + k) * stride + c0, nb * stride,
                              cols, st, m * group, co, tw, group)
     return inside
