@@ -233,7 +233,7 @@ GROUP = 16
 
 @serial_kernel
 def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
-    """v[i*alpha + j, (a*tw + b)*nb + k, c] = (B^T d B)[i, j] for channels
+    """v[i*alpha + j, (k*th + a)*tw + b, c] = (B^T d B)[i, j] for channels
     c0 <= c < c1, where d is the size x size patch (``alpha, size = bt.shape``)
     of image ``n0 + k`` (k < nb), channel c, at padded row ``(a0 + a)*m`` and
     padded column ``b*m`` (zero outside the image). Returns whether every input
@@ -243,23 +243,25 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
     ``A dy A^T`` over the m x m tiles of a gradient ``dy``.
 
     Per image, the band of padded rows the tiles read is first copied with its
-    channels innermost, ``staged[row, col, c]``; from there both passes are
-    linear combinations of contiguous runs of channels (:func:`_combine`)."""
+    channels innermost and its columns in phase order (column ``b*m + l`` at
+    ``l*phase + b``). Both passes are then linear combinations of long contiguous
+    runs (:func:`_combine`): whole staged rows along the height, and along the
+    width, per tile row, the runs of all tile columns of one phase."""
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
     alpha, size = bt.shape
     group, tiles, stride = c1 - c0, v.shape[1], v.shape[2]
     nb = tiles // (th * tw)
-    rows, width = th * m + size - m, tw * m + size - m  # the band of padded rows and columns
-    pitch = width * group  # one staged row
-    ugroup = np.uint64(group)
-    inner = max(0, min(wd, width - pl))  # image columns inside the band
+    phase = tw + (size - 1) // m  # tile columns of a phase: b + l // m for b < tw, l < size
+    rows, pitch = th * m + size - m, m * phase * group  # the band's padded rows, one staged row
+    inner = max(0, min(wd, m * phase - pl))  # image columns inside the band
+    ugroup, uhw = np.uint64(group), np.uint64(h * wd)
     xf, vf = x.ravel(), v.ravel()
     starts = np.empty(size, np.int64)
     coefs = np.empty(size, x.dtype)
     row_offsets = np.arange(size) * pitch
-    col_offsets = np.arange(size) * group
+    col_offsets = ((np.arange(size) % m) * phase + np.arange(size) // m) * group
     staged = np.empty(rows * pitch, x.dtype)
-    cols = np.empty(alpha * pitch, x.dtype)  # one tile row's column pass: cols[i, col, c]
+    cols = np.empty(alpha * pitch, x.dtype)  # one tile row's column pass: cols[i, l, b, c]
     inside = True
     for k in range(nb):
         for r in range(rows):
@@ -268,31 +270,42 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
             if row < 0 or row >= h:
                 _zero(staged, at, at + pitch)
                 continue
-            _zero(staged, at, at + min(pl, width) * group)
-            _zero(staged, at + (pl + inner) * group, at + pitch)
-            for c in range(group):
-                src = np.uint64((((n0 + k) * channels + c0 + c) * h + row) * wd)
-                dst = np.uint64(at + pl * group + c)
-                for q in range(np.uint64(inner)):
-                    staged[dst + q * ugroup] = xf[src + q]
+            # channels innermost: contiguous writes, reads one plane apart
+            src = (((n0 + k) * channels + c0) * h + row) * wd
+            for b in range(phase):
+                for l in range(m):
+                    d = np.uint64(at + (l * phase + b) * group)
+                    col = b * m + l - pl
+                    if 0 <= col < inner:
+                        e = np.uint64(src + col)
+                        for c in range(ugroup):
+                            staged[d + c] = xf[e + c * uhw]
+                    else:
+                        for c in range(ugroup):
+                            staged[d + c] = 0
         inside &= _within(staged, limit)
         for a in range(th):
             # column pass cols[i] = sum_r B^T[i, r] staged[a*m + r], then row pass
-            # v[i*alpha + j, tile (a, b)] = sum_l B^T[j, l] cols[i, b*m + l]
+            # v[i*alpha + j, tiles (k, a, :)] = sum_l B^T[j, l] cols[i, l % m, l // m:]
             for i in range(alpha):
                 st, co = _terms(bt[i], starts, coefs, row_offsets, a * m * pitch)
                 _combine(cols, i * pitch, 0, staged, st, 0, co, 1, pitch)
+            out = ((k * th + a) * tw) * stride + c0
             for i in range(alpha):
                 for j in range(alpha):
                     st, co = _terms(bt[j], starts, coefs, col_offsets, i * pitch)
-                    _combine(vf, ((i * alpha + j) * tiles + a * tw * nb + k) * stride + c0, nb * stride,
-                             cols, st, m * group, co, tw, group)
+                    if group == stride:
+                        _combine(vf, (i * alpha + j) * tiles * stride + out, 0, cols, st, 0, co, 1,
+                                 tw * group)
+                    else:
+                        _combine(vf, (i * alpha + j) * tiles * stride + out, stride, cols, st, group,
+                                 co, tw, group)
     return inside
 
 
 @serial_kernel
 def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
-    """out[n0 + k, o, tile (a0 + a, b)] = (A^T M A)[:, (a*tw + b)*nb + k, o] + bias[o]
+    """out[n0 + k, o, tile (a0 + a, b)] = (A^T M A)[:, (k*th + a)*tw + b, o] + bias[o]
     for every output channel, clipped to the output plane; ``mm`` is
     (alpha**2, tiles, O), channels innermost, so both passes run over whole
     planes of M and only the last step reorders."""
@@ -307,7 +320,7 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
     starts = np.empty(alpha, np.int64)
     coefs = np.empty(alpha, mm.dtype)
     whole = min(tw, ow // m)  # tile columns inside the plane
-    step = np.uint64(nb * n_out)  # from one tile column to the next in y
+    step = np.uint64(n_out)  # from one tile column to the next in y
     s = np.empty(alpha * plane, mm.dtype)
     y = np.empty(m * plane, mm.dtype)
     for u in range(m):
@@ -326,7 +339,7 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
                 for o in range(n_out):
                     bo = bias[o]
                     dst = np.uint64((((n0 + k) * n_out + o) * oh + row) * ow)
-                    src = np.uint64((a * tw * nb + k) * n_out + o)
+                    src = np.uint64(((k * th + a) * tw) * n_out + o)
                     if m == 4:
                         p0, p1 = src, src + np.uint64(plane)
                         p2, p3 = p1 + np.uint64(plane), p1 + np.uint64(2 * plane)
