@@ -106,6 +106,7 @@ WINOGRAD_CASES = {
     "pairs": ((2, 4, 7, 9), 3, (0, 2)),
     "pairs_other": ((1, 5, 8, 5), 6, (2, 1)),
     "one_column": ((2, 3, 9, 1), 4, 1),
+    "padding_wider_than_tiles": ((1, 3, 4, 3), 2, (3, 5)),
     "wide_channels": ((2, 64, 12, 17), 72, 1),
     "resnet_like": ((1, 64, 28, 28), 64, 1),
 }
