@@ -4,7 +4,7 @@ best median per pair kept; prints torch time / fastconv time per shape.
 
     python benchmarks/isolated.py conv2d float32 --rounds 2
     python benchmarks/isolated.py conv2d_backward float32 --shapes resnet_1x64x56x56_k3
-    python benchmarks/isolated.py conv2d float32 --methods fastconv --first fastconv   # import order
+    python benchmarks/isolated.py conv2d float32 --methods fastconv --first numpy,fastconv   # import order
     python benchmarks/isolated.py conv2d float32 --busy   # with the other core kept busy
 
 Run it on a quiet machine (benchmark with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
@@ -45,8 +45,9 @@ def main():
     parser.add_argument("--shapes", help="comma-separated workload names, or their former names "
                                          "(default: all)")
     parser.add_argument("--methods", default="fastconv,torch", help="default: fastconv,torch")
-    parser.add_argument("--first", choices=["numpy", "fastconv"], default="numpy",
-                        help="the module each process imports first (default: numpy)")
+    parser.add_argument("--first", default="numpy",
+                        help="the module each process imports first: numpy, fastconv, or both "
+                             "(numpy,fastconv: every method timed both ways, alternated; default: numpy)")
     parser.add_argument("--busy", action="store_true",
                         help="keep one core busy with a spinning process meanwhile")
     opts = parser.parse_args()
@@ -65,29 +66,38 @@ def _campaign(opts, root, shapes):
     unknown = [n for n in names if n not in workloads]
     if unknown:
         raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(workloads)}")
-    methods = opts.methods.split(",")
+    firsts = opts.first.split(",")
+    if not set(firsts) <= {"numpy", "fastconv"}:
+        raise SystemExit(f"--first takes numpy, fastconv or both, got {opts.first}")
+    variants = [(m, f) for m in opts.methods.split(",") for f in firsts]
     best = {}
     for r in range(opts.rounds):
         for name in names:
-            for method in methods if r % 2 == 0 else methods[::-1]:
-                code = _CHILD.format(root=root, first=opts.first,
-                                     args=(opts.kind, name, method, opts.dtype))
+            for method, first in variants if r % 2 == 0 else variants[::-1]:
+                code = _CHILD.format(root=root, first=first, args=(opts.kind, name, method, opts.dtype))
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
                 if done.returncode:
                     print(f"{name} {method}: skipped ({done.stderr.strip().splitlines()[-1]})")
                     continue
-                best[name, method] = min(best.get((name, method), math.inf), json.loads(done.stdout))
+                key = (name, method, first)
+                best[key] = min(best.get(key, math.inf), json.loads(done.stdout))
+    label = (lambda m, f: f"{m} ({f} first)") if len(firsts) > 1 else (lambda m, f: m)
     ratios = []
     for name in names:
-        times = {m: best[name, m] for m in methods if (name, m) in best}
-        line = "  ".join(f"{m} {1e3 * t:.3f} ms" for m, t in times.items())
-        if "fastconv" in times and "torch" in times:
-            ratios.append(times["torch"] / times["fastconv"])
+        times = {(m, f): best[name, m, f] for m, f in variants if (name, m, f) in best}
+        line = "  ".join(f"{label(m, f)} {1e3 * t:.3f} ms" for (m, f), t in times.items())
+        first = firsts[0]
+        if ("fastconv", first) in times and ("torch", first) in times and len(firsts) == 1:
+            ratios.append(times["torch", first] / times["fastconv", first])
             line += f"  torch/fastconv {ratios[-1]:.2f}x"
+        elif len(firsts) == 2 and all((opts.methods.split(",")[0], f) in times for f in firsts):
+            m = opts.methods.split(",")[0]
+            ratios.append(times[m, firsts[1]] / times[m, firsts[0]])
+            line += f"  {firsts[1]}-first/{firsts[0]}-first {ratios[-1]:.2f}"
         print(f"{name:26s} {line}")
     if ratios:
         geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        print(f"geomean {geomean:.2f}x, min {min(ratios):.2f}x")
+        print(f"geomean {geomean:.2f}x, min {min(ratios):.2f}x, max {max(ratios):.2f}x")
 
 
 if __name__ == "__main__":
