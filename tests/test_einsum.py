@@ -119,7 +119,8 @@ def test_layouts(rng, subscripts, shape_a, shape_b, layout):
     ("oiwh,biwh->bo", (8, 64, 3, 3), (64, 64, 3, 3), "_MatmulPlan"),
     ("no,oi->nio", (64, 50), (50, 50), "_MultiplyPlan"),
     ("no,ni->nio", (64, 50), (64, 50), "_MultiplyPlan"),
-    ("nio,no->ni", (64, 50, 50), (64, 50), "numpy"),  # batched matrix-vector: NumPy is faster
+    ("nio,no->ni", (64, 50, 50), (64, 50), "_MatmulPlan"),  # batched matrix-vector products
+    ("nio,no->ni", (1024, 10, 10), (1024, 10), "numpy"),  # small matrices: NumPy's einsum is as fast
     ("o,os->os", (600,), (600, 600), "_MultiplyPlan"),
     ("ni,no->io", (2, 3), (2, 4), "numpy"),  # too small to gain
     ("ij,jk->ik", np.array([[1, 2]]), np.array([[3], [4]]), "numpy"),  # integers
