@@ -38,14 +38,50 @@ def inside_columns(off, sw, ow, w):
     return q0, q1
 
 
+#: Output rows shorter than this take :func:`_im2col`'s per-plane form.
+_SHORT_ROW = 32
+
+
 @kernel
 def _im2col(x, out, row_stride, image_stride, kh, kw, sh, sw, dh, dw, pt, pl, y0, y1, ow):
     """out[r*row_stride + n*image_stride, (y - y0)*OW + q] = x_padded[n, c, ih, iw] for
-    the output rows y in [y0, y1)."""
+    the output rows y in [y0, y1).
+
+    Short output rows (OW < ``_SHORT_ROW``) take one task per input plane: the
+    band of the plane the taps read is copied once into a zero-padded buffer,
+    and each tap's row is gathered from it through one table of offsets (a loop
+    per output row cost ~30 cycles: as much as the copying on 7-wide rows)."""
     n_images, channels, h, w = x.shape
     kk = kh * kw
     rows = channels * kk
     xf, of, width = x.ravel(), out.ravel(), out.shape[1]
+    if ow < _SHORT_ROW:
+        band = y1 - y0
+        ph, pw = (band - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+        top = y0 * sh - pt  # the image row of the buffer's first row
+        c0, c1 = min(max(pl, 0), pw), min(max(w + pl, 0), pw)  # buffer columns inside the image
+        offsets = np.empty(band * ow, np.uint64)
+        for y in range(band):
+            for q in range(ow):
+                offsets[y * ow + q] = y * sh * pw + q * sw
+        for task in prange(channels * n_images):
+            n = task // channels
+            c = task - n * channels
+            pad = np.zeros(ph * pw, x.dtype)
+            for a in range(ph):
+                row = top + a
+                if 0 <= row < h:
+                    src = ((n * channels + c) * h + row) * w - pl
+                    for b in range(c0, c1):
+                        pad[a * pw + b] = xf[src + b]
+            for k in range(kk):
+                i = k // kw
+                j = k - i * kw
+                base = np.uint64(((c * kk + k) * row_stride + n * image_stride) * width)
+                shift = np.uint64(i * dh * pw + j * dw)
+                for p in range(np.uint64(band * ow)):
+                    of[base + p] = pad[shift + offsets[p]]
+        return
     for task in prange(rows * n_images):
         r = task // n_images
         n = task - r * n_images

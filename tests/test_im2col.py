@@ -90,9 +90,11 @@ def test_other_numeric_dtypes_take_the_reference(dtype, rng):
                                   reference.col2im(cols, x.shape, 3, padding=1))
 
 
-def test_stacked_helpers(rng):
-    """The per-image layout for conv2d and its gradients: (N, R >= C*KH*KW, OH*OW)."""
-    x = random_array(rng, (3, 2, 7, 6))
+@pytest.mark.parametrize("width", [6, 40], ids=["short_rows", "long_rows"])
+def test_stacked_helpers(width, rng):
+    """The per-image layout for conv2d and its gradients: (N, R >= C*KH*KW, OH*OW),
+    whole planes and bands of output rows, in both forms of the column kernel."""
+    x = random_array(rng, (3, 2, 7, width))
     geom = geometry("test", x.shape[2:], (3, 2), (2, 1), 1, 1)
     rows, ohw = 2 * 3 * 2, geom.oh * geom.ow
     stacked = np.full((3, rows + 1, ohw), 7.0)
