@@ -78,6 +78,8 @@ def check_ndim(func, name, array, ndim, layout):
 def contiguous(array, dtype):
     """C-contiguous copy in ``dtype`` (native byte order), or ``array`` itself when it
     already is one."""
+    if array.dtype == dtype and array.dtype.isnative and array.flags.c_contiguous:
+        return array
     return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("="))
 
 
