@@ -1,5 +1,6 @@
-"""Winograd convolution for 3x3, stride-1, undilated, ungrouped conv2d: the
-forward and the weight gradient.
+"""Winograd convolution for 3x3, stride-1, undilated conv2d: the forward and
+the weight gradient. With groups, the transforms run over every channel at
+once and each transform coordinate's product splits into one GEMM per group.
 
 F(m x m, 3x3) computes an m x m block of outputs from an (m+2) x (m+2) input
 patch ``d`` with ``alpha**2`` multiplications instead of ``9 m**2``
@@ -390,12 +391,15 @@ def _block_views(blocks, k, tw, vbuf, mbuf, t, c, o, alpha2):
 def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, mbuf, limit, inside):
     """The whole Winograd convolution, one task per thread: for each of the
     thread's blocks of tiles, the input transform into the thread's V, the
-    alpha**2 GEMMs ``M[xi] = U[xi] @ V[xi]`` (single-threaded BLAS at ``addr``)
-    and the output transform, while V and M are in the core's cache.
+    alpha**2 GEMMs ``M[xi] = V[xi] @ U[xi]`` (single-threaded BLAS at ``addr``;
+    one per group, U being (alpha**2, C/groups, O)) and the output transform,
+    while V and M are in the core's cache.
     ``inside[t]`` becomes False (and thread t stops) where an input value is
     beyond ``limit``."""
     threads, n_blocks = vbuf.shape[0], blocks.shape[0]
-    alpha2, channels, n_out = u.shape
+    alpha2, cg, n_out = u.shape
+    channels = x.shape[1]
+    og = n_out // (channels // cg)
     for t in prange(threads):
         for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
             n0, a0, ta, v, mm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
@@ -403,7 +407,9 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
             if not inside[t]:
                 break
             for xi in range(alpha2):
-                gemm(addr, v[xi], u[xi], mm[xi], False, 0.0)
+                for g in range(channels // cg):  # with groups, the diagonal blocks of the product
+                    gemm(addr, v[xi, :, g * cg:(g + 1) * cg], u[xi, :, g * og:(g + 1) * og],
+                         mm[xi, :, g * og:(g + 1) * og], False, 0.0)
             _output_tiles(mm, at, bias, out, n0, a0, ta, tw)
 
 
@@ -411,11 +417,14 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
 def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du, gg, dw_parts, limit,
                        inside):
     """The Winograd weight gradient, one task per thread: for each of the
-    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi]^T @ V[xi]``;
-    at the end the thread's dU back to 3x3 taps, ``dw_parts[t] = du[t]^T kron(G, G)``
-    ((O*C, 9); zero for a thread without blocks)."""
+    thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi]^T @ V[xi]``
+    per group (du being (threads, alpha**2, O, C/groups)); at the end the thread's
+    dU back to 3x3 taps, ``dw_parts[t] = du[t]^T kron(G, G)`` ((O*C/groups, 9);
+    zero for a thread without blocks)."""
     threads, n_blocks = vbuf.shape[0], blocks.shape[0]
-    alpha2, n_out, channels = du.shape[1], du.shape[2], du.shape[3]
+    alpha2, n_out, cg = du.shape[1], du.shape[2], du.shape[3]
+    channels = x.shape[1]
+    og = n_out // (channels // cg)
     for t in prange(threads):
         first, last = t * n_blocks // threads, (t + 1) * n_blocks // threads
         for k in range(first, last):
@@ -425,11 +434,13 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
             if not inside[t]:
                 break
             for xi in range(alpha2):
-                gemm_at(addr, dm[xi], v[xi], du[t, xi], 0.0 if k == first else 1.0)
+                for g in range(channels // cg):
+                    gemm_at(addr, dm[xi, :, g * og:(g + 1) * og], v[xi, :, g * cg:(g + 1) * cg],
+                            du[t, xi, g * og:(g + 1) * og], 0.0 if k == first else 1.0)
         if first == last:
             dw_parts[t] = 0
         elif inside[t]:
-            gemm_at(addr, du[t].reshape((alpha2, n_out * channels)), gg, dw_parts[t], 0.0)
+            gemm_at(addr, du[t].reshape((alpha2, n_out * cg)), gg, dw_parts[t], 0.0)
 
 
 def weight_transform(w, variant, u):
@@ -566,14 +577,14 @@ def _budget(addr, u_bytes):
     return min(max(BLOCK_BYTES, 2 * u_bytes), MAX_BLOCK_BYTES) if addr is not None else CHUNK_BYTES
 
 
-def _plan(n, c, o, geom, variant, dtype):
+def _plan(n, c, o, cg, geom, variant, dtype):
     """A call's tiling for the forward and the weight gradient alike: (tile rows,
     tile columns, BLAS address or None, threads, largest block in tiles, blocks)."""
     m, xi = variant.m, variant.alpha ** 2
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
     addr = _blas.address(dtype)
     threads = thread_count() if addr is not None else 1
-    budget = _budget(addr, xi * o * c * dtype.itemsize)
+    budget = _budget(addr, xi * o * cg * dtype.itemsize)
     capacity, blocks = _blocks(n, th, tw, xi * (c + o) * dtype.itemsize, budget, threads)
     return th, tw, addr, threads, capacity, blocks
 
@@ -587,33 +598,34 @@ def _input_limit(variant, channels, wmax, dtype):
 
 def conv2d_3x3(x, w, b, geom, out, variant=None):
     """Winograd conv2d into ``out`` (N, O, OH, OW), trusting the caller:
-    x (N, C, H, W) and w (O, C, 3, 3) C-contiguous in out's dtype, b (O,),
+    x (N, C, H, W) and w (O, C/groups, 3, 3) C-contiguous in out's dtype, b (O,),
     ``geom`` a stride-1, undilated 3x3 :class:`fastconv._args.Geometry`;
-    ``variant`` defaults to :func:`choose`'s pick.
+    ``variant`` defaults to :func:`choose`'s pick for one group.
 
     Returns ``out``, or None (``out`` partly written) where x or w holds NaN,
     Inf or values so large that the transforms could overflow: the caller
     then computes the call exactly.
     """
     n, c = x.shape[:2]
-    o = w.shape[0]
+    o, cg = w.shape[:2]
+    og = o // (c // cg)
     if variant is None:
-        variant = choose(n, c, o, geom.oh, geom.ow)
+        variant = choose(n, cg, og, geom.oh, geom.ow)
     m, xi = variant.m, variant.alpha ** 2
     dtype = out.dtype
-    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, geom, variant, dtype)
+    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
-    with _workspace.scratch(dtype, (xi, c, o), (threads, xi * c * capacity),
+    with _workspace.scratch(dtype, (xi, cg, o), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
         wmax = weight_transform(w, variant, u)
         if not np.isfinite(wmax):
             return None
-        limit = dtype.type(_input_limit(variant, c, wmax, dtype))
+        limit = dtype.type(_input_limit(variant, cg, wmax, dtype))
         if addr is not None:
             inside = np.ones(threads, np.bool_)
             with _blas.one_thread():
                 _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
-                               mbuf, limit, inside, work=out.size * c)
+                               mbuf, limit, inside, work=out.size * cg)
             return out if inside.all() else None
         inside = np.ones(-(-c // GROUP), np.bool_)
         for n0, nb, a0, ta in blocks:
@@ -623,47 +635,50 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
             _input_transform(x, bt, m, geom.pt, geom.pl, n0, a0, ta, tw, v, limit, inside, work=v.size)
             if not inside.all():
                 return None
-            np.matmul(v, u, out=mm)
+            for g in range(c // cg):
+                np.matmul(v[:, :, g * cg:(g + 1) * cg], u[:, :, g * og:(g + 1) * og],
+                          out=mm[:, :, g * og:(g + 1) * og])
             _output_tiles(mm, at, b, out, n0, a0, ta, tw)
     return out
 
 
 def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
-    """dL/dW of the Winograd conv2d into ``dw`` (O, C, 3, 3), trusting the
-    caller: x (N, C, H, W) and grad_out (N, O, OH, OW) C-contiguous in dw's
+    """dL/dW of the Winograd conv2d into ``dw`` (O, C/groups, 3, 3), trusting
+    the caller: x (N, C, H, W) and grad_out (N, O, OH, OW) C-contiguous in dw's
     dtype, ``geom`` as for :func:`conv2d_3x3`. Returns ``dw``, or None where
     x or grad_out holds NaN, Inf or values large enough to overflow.
 
     The adjoint of the forward, transform by transform::
 
         dM[xi, t, o] = (A dy[n, o, tile t] A^T)[i, j]    dy zero beyond OH, OW
-        dU[xi]       = sum over a thread's blocks of dM[xi]^T @ V[xi]
+        dU[xi]       = sum over a thread's blocks of dM[xi]^T @ V[xi]   (per group)
         dW[o, c]     = sum over threads of G^T dU[:, o, c] G
 
     with V the forward's input transform.
     """
     n, c = x.shape[:2]
-    o = grad_out.shape[1]
+    o, cg = dw.shape[:2]
+    og = o // (c // cg)
     dtype = dw.dtype
     if variant is None:
-        variant = choose(n, c, o, geom.oh, geom.ow)
+        variant = choose(n, cg, og, geom.oh, geom.ow)
     m, xi = variant.m, variant.alpha ** 2
-    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, geom, variant, dtype)
+    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
     # |dU| <= tiles * growth * max|x| * max|dy|: both operands under the square root
     limit = dtype.type(np.sqrt(np.finfo(dtype).max / (4 * variant.growth * _tiles(n, *geom[-2:], m))))
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
     gg = variant.gg.astype(dtype)
-    shapes = ((threads, xi, o, c), (threads, xi * c * capacity), (threads, xi * o * capacity),
-              (threads, o * c, 9))
+    shapes = ((threads, xi, o, cg), (threads, xi * c * capacity), (threads, xi * o * capacity),
+              (threads, o * cg, 9))
     with _workspace.scratch(dtype, *shapes) as (partials, vbuf, mbuf, parts):
         if addr is not None:
             inside = np.ones(threads, np.bool_)
             with _blas.one_thread():
                 _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
-                                   mbuf, partials, gg, parts, limit, inside, work=grad_out.size * c)
+                                   mbuf, partials, gg, parts, limit, inside, work=grad_out.size * cg)
             if not inside.all():
                 return None
-            np.sum(parts, axis=0, out=dw.reshape(o * c, 9))
+            np.sum(parts, axis=0, out=dw.reshape(o * cg, 9))
             return dw
         groups = -(-c // GROUP)
         inside = np.ones(groups + -(-o // GROUP), np.bool_)
@@ -679,6 +694,8 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
                              work=dm.size)
             if not inside.all():
                 return None
-            du += dm.transpose(0, 2, 1) @ v
-        np.matmul(du.reshape(xi, o * c).T, gg, out=dw.reshape(o * c, 9))
+            for g in range(c // cg):
+                du[:, g * og:(g + 1) * og] += (dm[:, :, g * og:(g + 1) * og].transpose(0, 2, 1)
+                                               @ v[:, :, g * cg:(g + 1) * cg])
+        np.matmul(du.reshape(xi, o * cg).T, gg, out=dw.reshape(o * cg, 9))
     return dw

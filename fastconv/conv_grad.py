@@ -332,8 +332,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     if (shape[1] == 1 or macs < _DIRECT_MACS) and np.isfinite(go).all():
         _grad_weight_direct(x, go, dW, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
         return dW
-    if groups == 1 and (g.kh, g.kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
-            and _winograd.grad_weight_worthwhile(n, c, o, g.oh, g.ow) \
+    if (g.kh, g.kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
+            and _winograd.grad_weight_worthwhile(n, shape[1], o // groups, g.oh, g.ow) \
             and _winograd.grad_weight_3x3(x, go, g, dW) is not None:
         return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw

@@ -52,6 +52,35 @@ def test_without_bias(variant, rng):
     assert_matches(out, expected)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("groups", [2, 3])
+def test_groups(groups, variant, schedule, rng):
+    """Grouped convolutions: one transform over every channel, a GEMM per group,
+    on both schedules."""
+    x = random_array(rng, (2, 6 * groups, 9, 10), np.float64)
+    w = random_array(rng, (4 * groups, 6, 3, 3), np.float64)
+    b = random_array(rng, (4 * groups,), np.float64)
+    g = geometry("test", x.shape[2:], (3, 3), 1, 1, 1)
+    out = np.full((2, 4 * groups, g.oh, g.ow), np.nan)
+    assert _winograd.conv2d_3x3(x, w, b, g, out, VARIANTS[variant]) is out
+    assert_matches(out, reference.conv2d(x, w, b, padding=1, groups=groups))
+    grad_out = random_array(rng, out.shape, np.float64)
+    dw = np.full(w.shape, np.nan)
+    assert _winograd.grad_weight_3x3(x, grad_out, g, dw, VARIANTS[variant]) is dw
+    assert_matches(dw, reference.conv2d_grad_weight(x, grad_out, w.shape, padding=1, groups=groups))
+
+
+def test_grouped_conv2d_takes_the_winograd_path(monkeypatch, rng):
+    taken = []
+    real = _winograd.conv2d_3x3
+    monkeypatch.setattr(_winograd, "conv2d_3x3", lambda *args, **kw: taken.append(1) or real(*args, **kw))
+    x = random_array(rng, (4, 64, 28, 28), np.float32)
+    w = random_array(rng, (64, 32, 3, 3), np.float32)
+    result = fc.conv2d(x, w, padding=1, groups=2)
+    assert taken
+    assert_matches(result, reference.conv2d(x, w, padding=1, groups=2))
+
+
 @pytest.fixture(autouse=True)
 def fresh_block_plans():
     """Block plans are cached per shape: tests that change the block sizes see
