@@ -1,10 +1,11 @@
-"""Winograd convolution for 3x3, stride-1, undilated conv2d: the forward and
-the weight gradient. With groups, the transforms run over every channel at
-once and each transform coordinate's product splits into one GEMM per group.
+"""Winograd convolution for 3x3 and 5x5, stride-1, undilated conv2d: the
+forward and the weight gradient. With groups, the transforms run over every
+channel at once and each transform coordinate's product splits into one GEMM
+per group.
 
-F(m x m, 3x3) computes an m x m block of outputs from an (m+2) x (m+2) input
-patch ``d`` with ``alpha**2`` multiplications instead of ``9 m**2``
-(``alpha = m + 2``)::
+F(m x m, r x r) computes an m x m block of outputs from an alpha x alpha input
+patch ``d`` (``alpha = m + r - 1``) with ``alpha**2`` multiplications instead
+of ``r**2 m**2``::
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A
 
@@ -38,10 +39,10 @@ access, zero padding included), then combines whole staged rows along the
 height and runs of channels along the width. The output transform combines
 whole planes of M and reorders only while writing the NCHW result.
 
-The weight gradient runs the same steps adjointly (:func:`grad_weight_3x3`):
+The weight gradient runs the same steps adjointly (:func:`grad_weight`):
 the input transform with ``A`` in place of ``B^T`` gives ``dM = A dy A^T`` over
 the output tiles, each thread sums ``dM[xi]^T @ V[xi]`` over its blocks into a
-partial dU, maps it back to the 3x3 taps (``G^T dU G``, one GEMM with
+partial dU, maps it back to the r x r taps (``G^T dU G``, one GEMM with
 kron(G, G)), and the threads' taps are summed.
 
 Inputs with NaN, Inf or values large enough to overflow the transforms are
@@ -60,14 +61,15 @@ from ._config import kernel, serial_kernel, thread_count
 
 
 class Variant(NamedTuple):
-    """The transform matrices of one F(m x m, 3x3) (float64)."""
+    """The transform matrices of one F(m x m, r x r) (float64)."""
 
     m: int
+    r: int
     alpha: int
     bt: np.ndarray  # (alpha, alpha) input transform B^T
-    g: np.ndarray  # (alpha, 3) weight transform G
+    g: np.ndarray  # (alpha, r) weight transform G
     at: np.ndarray  # (m, alpha) output transform A^T
-    gg: np.ndarray  # (alpha**2, 9) kron(G, G): gg[i*alpha + j, k*3 + l] = G[i, k] G[j, l]
+    gg: np.ndarray  # (alpha**2, r**2) kron(G, G): gg[i*alpha + j, k*r + l] = G[i, k] G[j, l]
     growth: float  # bound on |y| / (C max|x| max|w|) through the three transforms
 
 
@@ -104,7 +106,7 @@ def _cook_toom(points, r=3):
     def gain(a):  # the largest amplification of the 2-D transform a d a^T
         return float(np.abs(a).sum(axis=1).max()) ** 2
 
-    return Variant(m, alpha, bt, g, at, np.kron(g, g), gain(bt) * gain(g) * gain(at))
+    return Variant(m, r, alpha, bt, g, at, np.kron(g, g), gain(bt) * gain(g) * gain(at))
 
 
 #: F(2x2, 3x3): 2.25x fewer multiplications; float32 error like a direct sum.
@@ -112,6 +114,9 @@ F2 = _cook_toom([0, 1, -1])
 #: F(4x4, 3x3): 4x fewer multiplications. The points 2 and -1/2 (instead of
 #: Lavin's 2 and -2) cut the float32 error about 3x (Barabasz et al., 2020).
 F4 = _cook_toom([0, 1, -1, 2, Fraction(-1, 2)])
+#: F(2x2, 5x5): 2.8x fewer multiplications, on F4's points (float32 error
+#: 2-9e-6 of the largest output of a tile at C=256, as F4's).
+F2_5 = _cook_toom([0, 1, -1, 2, Fraction(-1, 2)], r=5)
 
 
 @serial_kernel
@@ -419,7 +424,7 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
     """The Winograd weight gradient, one task per thread: for each of the
     thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi]^T @ V[xi]``
     per group (du being (threads, alpha**2, O, C/groups)); at the end the thread's
-    dU back to 3x3 taps, ``dw_parts[t] = du[t]^T kron(G, G)`` ((O*C/groups, 9);
+    dU back to the taps, ``dw_parts[t] = du[t]^T kron(G, G)`` ((O*C/groups, r*r);
     zero for a thread without blocks)."""
     threads, n_blocks = vbuf.shape[0], blocks.shape[0]
     alpha2, n_out, cg = du.shape[1], du.shape[2], du.shape[3]
@@ -445,51 +450,47 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
 
 def weight_transform(w, variant, u):
     """U[xi, c, o] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
-    ``(alpha**2, C, O)`` in ``w.dtype``, for a C-contiguous w (O, C, 3, 3).
+    ``(alpha**2, C, O)`` in ``w.dtype``, for a C-contiguous w (O, C, r, r).
     Recomputed on every call: weights are often updated in place.
 
     Returns max|w|, NaN where w holds a NaN."""
     size = w.shape[0] * w.shape[1]
     pieces = max(thread_count(), -(-size // WEIGHT_PIECE))
-    _weight_transform(w.reshape(w.shape[0], w.shape[1], 9), variant.g.astype(w.dtype), u, pieces,
+    _weight_transform(w.reshape(w.shape[0], w.shape[1], -1), variant.g.astype(w.dtype), u, pieces,
                       work=u.size)
     return max(w.max(), -w.min())
 
 
 @kernel
 def _weight_transform(w, g, u, pieces):
-    """:func:`weight_transform` of w (O, C, 9) as two passes of three terms over
-    runs of the (C, O) plane, in ``pieces`` tasks (a GEMM with a 9-long inner
-    dimension ran at a tenth of the BLAS peak here)."""
-    n_out, channels = w.shape[0], w.shape[1]
-    alpha = g.shape[0]
+    """:func:`weight_transform` of w (O, C, r*r) as two passes of linear
+    combinations (:func:`_combine`) over runs of the (C, O) plane, in ``pieces``
+    tasks (a GEMM with a 9-long inner dimension ran at a tenth of the BLAS peak
+    here)."""
+    n_out, channels, taps_count = w.shape
+    alpha, r = g.shape
     size = channels * n_out
     wf, uf = w.ravel(), u.ravel()
     for piece in prange(pieces):
         p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
-        n = np.uint64(p1 - p0)
-        taps = np.empty(9 * (p1 - p0), w.dtype)  # taps[k, e - p0] = w[o, c, k] for e = c*O + o
+        n = p1 - p0
+        taps = np.empty(taps_count * n, w.dtype)  # taps[k, e - p0] = w[o, c, k] for e = c*O + o
         for e in range(p0, p1):
             c = e // n_out
-            src = np.uint64(((e - c * n_out) * channels + c) * 9)
-            for k in range(9):
-                taps[k * (p1 - p0) + e - p0] = wf[src + np.uint64(k)]
-        half = np.empty(alpha * 3 * (p1 - p0), w.dtype)  # (G w)[i, l]
+            src = np.uint64(((e - c * n_out) * channels + c) * taps_count)
+            for k in range(taps_count):
+                taps[k * n + e - p0] = wf[src + np.uint64(k)]
+        starts = np.empty(r, np.int64)
+        coefs = np.empty(r, w.dtype)
+        tap_rows, half_rows = np.arange(r) * (r * n), np.arange(r) * n
+        half = np.empty(alpha * r * n, w.dtype)  # (G w)[i, l] = sum_a G[i, a] w[a, l]
         for i in range(alpha):
-            g0, g1, g2 = g[i, 0], g[i, 1], g[i, 2]
-            for l in range(3):
-                at = np.uint64(i * 3 + l) * n
-                t0, t1, t2 = np.uint64(l) * n, np.uint64(3 + l) * n, np.uint64(6 + l) * n
-                for q in range(n):
-                    half[at + q] = g0 * taps[t0 + q] + g1 * taps[t1 + q] + g2 * taps[t2 + q]
-        for i in range(alpha):
-            h0 = np.uint64(3 * i) * n
-            h1, h2 = h0 + n, h0 + np.uint64(2) * n
+            st, co = _terms(g[i], starts, coefs, tap_rows, 0)
+            _combine(half, i * r * n, n, taps, st, n, co, r, n)
+        for i in range(alpha):  # U[i, j] = sum_l G[j, l] (G w)[i, l]
             for j in range(alpha):
-                g0, g1, g2 = g[j, 0], g[j, 1], g[j, 2]
-                at = np.uint64((i * alpha + j) * size + p0)
-                for q in range(n):
-                    uf[at + q] = g0 * half[h0 + q] + g1 * half[h1 + q] + g2 * half[h2 + q]
+                st, co = _terms(g[j], starts, coefs, half_rows, i * r * n)
+                _combine(uf, (i * alpha + j) * size + p0, 0, half, st, 0, co, 1, n)
 
 
 #: Filter taps per piece of the weight transform: its scratch stays in cache.
@@ -512,7 +513,8 @@ def _tiles(n, oh, ow, m):
 
 
 def worthwhile(n, c, o, oh, ow):
-    """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape. The
+    """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape (a 5x5 one
+    saves more: the same rule serves it). The
     transforms cost a fixed overhead per channel and every block of tiles reads
     all of U, so each thread needs enough tiles (measured, F(2x2) tiles per
     thread: (4, 256, 14, 14) with 98 ran 1.35x faster than im2col + GEMM,
@@ -528,8 +530,9 @@ def grad_weight_worthwhile(n, c, o, oh, ow):
     return min(c, o) >= 16 and _tiles(n, oh, ow, 2) >= 16
 
 
-def choose(n, c, o, oh, ow):
-    """F(4x4,3x3) where it saves enough work over F(2x2,3x3), else F(2x2,3x3).
+def choose(n, c, o, oh, ow, r=3):
+    """For 3x3 kernels, F(4x4,3x3) where it saves enough work over
+    F(2x2,3x3), else F(2x2,3x3); for 5x5 kernels, F(2x2,5x5).
 
     F4's transforms cost more per element and its edge tiles waste more (14x14
     is covered by 16x16), so it needs >= 64 channels, >= 80 tiles and 35% less
@@ -538,6 +541,8 @@ def choose(n, c, o, oh, ow):
     1.2x slower). Both stay well
     within the float32 tolerance (F4 with its interpolation points: error
     <= 5e-6 of max|y| at C=256, against 1e-4 allowed)."""
+    if r == 5:
+        return F2_5
     t2, t4 = _tiles(n, oh, ow, 2), _tiles(n, oh, ow, 4)
     return F4 if min(c, o) >= 64 and t4 >= 80 and 36 * t4 <= 0.65 * 16 * t2 else F2
 
@@ -596,11 +601,11 @@ def _input_limit(variant, channels, wmax, dtype):
     return np.finfo(dtype).max / (4 * variant.growth * max(channels, 1) * max(wmax, 1.0))
 
 
-def conv2d_3x3(x, w, b, geom, out, variant=None):
+def convolve(x, w, b, geom, out, variant=None):
     """Winograd conv2d into ``out`` (N, O, OH, OW), trusting the caller:
-    x (N, C, H, W) and w (O, C/groups, 3, 3) C-contiguous in out's dtype, b (O,),
-    ``geom`` a stride-1, undilated 3x3 :class:`fastconv._args.Geometry`;
-    ``variant`` defaults to :func:`choose`'s pick for one group.
+    x (N, C, H, W) and w (O, C/groups, r, r) C-contiguous in out's dtype, b (O,),
+    ``geom`` a stride-1, undilated r x r :class:`fastconv._args.Geometry` (r = 3
+    or 5); ``variant`` defaults to :func:`choose`'s pick for one group.
 
     Returns ``out``, or None (``out`` partly written) where x or w holds NaN,
     Inf or values so large that the transforms could overflow: the caller
@@ -610,7 +615,7 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     o, cg = w.shape[:2]
     og = o // (c // cg)
     if variant is None:
-        variant = choose(n, cg, og, geom.oh, geom.ow)
+        variant = choose(n, cg, og, geom.oh, geom.ow, w.shape[2])
     m, xi = variant.m, variant.alpha ** 2
     dtype = out.dtype
     th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
@@ -642,10 +647,10 @@ def conv2d_3x3(x, w, b, geom, out, variant=None):
     return out
 
 
-def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
-    """dL/dW of the Winograd conv2d into ``dw`` (O, C/groups, 3, 3), trusting
+def grad_weight(x, grad_out, geom, dw, variant=None):
+    """dL/dW of the Winograd conv2d into ``dw`` (O, C/groups, r, r), trusting
     the caller: x (N, C, H, W) and grad_out (N, O, OH, OW) C-contiguous in dw's
-    dtype, ``geom`` as for :func:`conv2d_3x3`. Returns ``dw``, or None where
+    dtype, ``geom`` as for :func:`convolve`. Returns ``dw``, or None where
     x or grad_out holds NaN, Inf or values large enough to overflow.
 
     The adjoint of the forward, transform by transform::
@@ -661,7 +666,7 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     og = o // (c // cg)
     dtype = dw.dtype
     if variant is None:
-        variant = choose(n, cg, og, geom.oh, geom.ow)
+        variant = choose(n, cg, og, geom.oh, geom.ow, dw.shape[2])
     m, xi = variant.m, variant.alpha ** 2
     th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
     # |dU| <= tiles * growth * max|x| * max|dy|: both operands under the square root
@@ -669,7 +674,7 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
     gg = variant.gg.astype(dtype)
     shapes = ((threads, xi, o, cg), (threads, xi * c * capacity), (threads, xi * o * capacity),
-              (threads, o * cg, 9))
+              (threads, o * cg, variant.r ** 2))
     with _workspace.scratch(dtype, *shapes) as (partials, vbuf, mbuf, parts):
         if addr is not None:
             inside = np.ones(threads, np.bool_)
@@ -678,7 +683,7 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
                                    mbuf, partials, gg, parts, limit, inside, work=grad_out.size * cg)
             if not inside.all():
                 return None
-            np.sum(parts, axis=0, out=dw.reshape(o * cg, 9))
+            np.sum(parts, axis=0, out=dw.reshape(o * cg, variant.r ** 2))
             return dw
         groups = -(-c // GROUP)
         inside = np.ones(groups + -(-o // GROUP), np.bool_)
@@ -697,5 +702,5 @@ def grad_weight_3x3(x, grad_out, geom, dw, variant=None):
             for g in range(c // cg):
                 du[:, g * og:(g + 1) * og] += (dm[:, :, g * og:(g + 1) * og].transpose(0, 2, 1)
                                                @ v[:, :, g * cg:(g + 1) * cg])
-        np.matmul(du.reshape(xi, o * cg).T, gg, out=dw.reshape(o * cg, 9))
+        np.matmul(du.reshape(xi, o * cg).T, gg, out=dw.reshape(o * cg, variant.r ** 2))
     return dw

@@ -14,9 +14,9 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
   into the NCHW output, pieces of each image's columns as tasks;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
   ``x.reshape(N, -1) @ W.reshape(O, -1).T`` (im2col is a reshape there);
-* 3x3 stride-1 undilated, enough channels per group and tiles per thread:
-  Winograd F(2x2,3x3) or F(4x4,3x3) (:mod:`fastconv._winograd`), 2.25-4x fewer
-  multiplications;
+* 3x3 and 5x5 stride-1 undilated, enough channels per group and tiles per
+  thread: Winograd F(2x2,3x3), F(4x4,3x3) or F(2x2,5x5) (:mod:`fastconv._winograd`),
+  2.25-4x fewer multiplications;
   inputs with NaN, Inf or huge values take the im2col path below instead;
 * everything else: im2col + GEMM in cache-sized chunks. Small output planes
   (OH*OW <= 4096): the columns of a chunk of images side by side, one wide GEMM
@@ -473,9 +473,9 @@ def convolve_into(x, w, bias, geom, groups, result):
         if has_bias:
             out2 += b
     else:
-        winograd = (kh, kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
+        winograd = kh == kw and kh in (3, 5) and g.sh == g.sw == g.dh == g.dw == 1 \
             and _winograd.worthwhile(n, cg, o // groups, g.oh, g.ow)
         # Winograd declines (None) inputs with NaN, Inf or huge values: they go the exact way
-        if not winograd or _winograd.conv2d_3x3(x, w, b, g, result) is None:
+        if not winograd or _winograd.convolve(x, w, b, g, result) is None:
             _gemm_path(x, w, b, result, geom, groups, has_bias)
     return result

@@ -7,9 +7,9 @@
   wide GEMM, not a narrow one per image), ``Wᵀ · grad_out`` (one GEMM per group)
   gives the column gradients, which col2im scatters back into the chunk's images.
 * grad_weight is a GEMM against the im2col columns: ``grad_out (O, n*OH*OW) ·
-  cols (n*OH*OW, C*KH*KW)`` summed over chunks of images; for 3x3 stride-1
+  cols (n*OH*OW, C*KH*KW)`` summed over chunks of images; for 3x3 and 5x5 stride-1
   layers with enough work, the adjoint of the Winograd forward
-  (``fastconv._winograd.grad_weight_3x3``).
+  (``fastconv._winograd.grad_weight``).
 * Both GEMM forms run as one numba task per thread over chunks of its images,
   with single-threaded BLAS inside (per-thread dW partials, summed at the end),
   where a BLAS is callable from kernels and every thread has an image; else as
@@ -332,9 +332,9 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     if (shape[1] == 1 or macs < _DIRECT_MACS) and np.isfinite(go).all():
         _grad_weight_direct(x, go, dW, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
         return dW
-    if (g.kh, g.kw) == (3, 3) and g.sh == g.sw == g.dh == g.dw == 1 \
+    if g.kh == g.kw and g.kh in (3, 5) and g.sh == g.sw == g.dh == g.dw == 1 \
             and _winograd.grad_weight_worthwhile(n, shape[1], o // groups, g.oh, g.ow) \
-            and _winograd.grad_weight_3x3(x, go, g, dW) is not None:
+            and _winograd.grad_weight(x, go, g, dW) is not None:
         return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups

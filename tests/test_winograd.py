@@ -13,27 +13,37 @@ from fastconv._args import geometry
 from cases import WINOGRAD_CASES as CASES
 from conftest import DTYPES, RTOL, assert_matches, random_array
 
-VARIANTS = {"F2": _winograd.F2, "F4": _winograd.F4}
+VARIANTS = {"F2": _winograd.F2, "F4": _winograd.F4, "F2_5x5": _winograd.F2_5}
+
+
+def _window(xs, r, padding):
+    """The case's geometry for an r x r kernel; a case whose plane it does not fit is skipped."""
+    try:
+        return geometry("test", xs[2:], (r, r), 1, padding, 1)
+    except ValueError:
+        pytest.skip(f"a {r}x{r} kernel does not fit {xs[2:]} with padding {padding}")
 
 
 def _run_grad_weight(case, dtype, variant, rng):
     xs, o, padding = case
+    r = variant.r
+    g = _window(xs, r, padding)
     x = random_array(rng, xs, dtype)
-    g = geometry("test", xs[2:], (3, 3), 1, padding, 1)
     grad_out = random_array(rng, (xs[0], o, g.oh, g.ow), dtype)
-    dw = np.full((o, xs[1], 3, 3), np.nan, dtype)
-    assert _winograd.grad_weight_3x3(x, grad_out, g, dw, variant) is dw
+    dw = np.full((o, xs[1], r, r), np.nan, dtype)
+    assert _winograd.grad_weight(x, grad_out, g, dw, variant) is dw
     return dw, reference.conv2d_grad_weight(x, grad_out, dw.shape, padding=padding)
 
 
 def _run(case, dtype, variant, rng, bias=True):
     xs, o, padding = case
+    r = variant.r
+    g = _window(xs, r, padding)
     x = random_array(rng, xs, dtype)
-    w = random_array(rng, (o, xs[1], 3, 3), dtype)
+    w = random_array(rng, (o, xs[1], r, r), dtype)
     b = random_array(rng, (o,), dtype) if bias else np.zeros(o, dtype)
-    g = geometry("test", xs[2:], (3, 3), 1, padding, 1)
     out = np.full((xs[0], o, g.oh, g.ow), np.nan, dtype)
-    _winograd.conv2d_3x3(x, w, b, g, out, variant)
+    _winograd.convolve(x, w, b, g, out, variant)
     return out, reference.conv2d(x, w, b if bias else None, padding=padding)
 
 
@@ -57,23 +67,24 @@ def test_without_bias(variant, rng):
 def test_groups(groups, variant, schedule, rng):
     """Grouped convolutions: one transform over every channel, a GEMM per group,
     on both schedules."""
+    r = VARIANTS[variant].r
     x = random_array(rng, (2, 6 * groups, 9, 10), np.float64)
-    w = random_array(rng, (4 * groups, 6, 3, 3), np.float64)
+    w = random_array(rng, (4 * groups, 6, r, r), np.float64)
     b = random_array(rng, (4 * groups,), np.float64)
-    g = geometry("test", x.shape[2:], (3, 3), 1, 1, 1)
+    g = geometry("test", x.shape[2:], (r, r), 1, 1, 1)
     out = np.full((2, 4 * groups, g.oh, g.ow), np.nan)
-    assert _winograd.conv2d_3x3(x, w, b, g, out, VARIANTS[variant]) is out
+    assert _winograd.convolve(x, w, b, g, out, VARIANTS[variant]) is out
     assert_matches(out, reference.conv2d(x, w, b, padding=1, groups=groups))
     grad_out = random_array(rng, out.shape, np.float64)
     dw = np.full(w.shape, np.nan)
-    assert _winograd.grad_weight_3x3(x, grad_out, g, dw, VARIANTS[variant]) is dw
+    assert _winograd.grad_weight(x, grad_out, g, dw, VARIANTS[variant]) is dw
     assert_matches(dw, reference.conv2d_grad_weight(x, grad_out, w.shape, padding=1, groups=groups))
 
 
 def test_grouped_conv2d_takes_the_winograd_path(monkeypatch, rng):
     taken = []
-    real = _winograd.conv2d_3x3
-    monkeypatch.setattr(_winograd, "conv2d_3x3", lambda *args, **kw: taken.append(1) or real(*args, **kw))
+    real = _winograd.convolve
+    monkeypatch.setattr(_winograd, "convolve", lambda *args, **kw: taken.append(1) or real(*args, **kw))
     x = random_array(rng, (4, 64, 28, 28), np.float32)
     w = random_array(rng, (64, 32, 3, 3), np.float32)
     result = fc.conv2d(x, w, padding=1, groups=2)
@@ -209,7 +220,7 @@ def test_declines_values_it_could_not_transform_exactly(value, rng):
     x[0, 3, 5, 6] = value
     g = geometry("test", x.shape[2:], (3, 3), 1, 1, 1)
     out = np.empty((1, 32, 12, 12), np.float32)
-    assert _winograd.conv2d_3x3(x, w, np.zeros(32, np.float32), g, out) is None
+    assert _winograd.convolve(x, w, np.zeros(32, np.float32), g, out) is None
     y = fc.conv2d(x, w, padding=1)
     expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
@@ -223,14 +234,14 @@ def test_declines_values_it_could_not_transform_exactly(value, rng):
 def test_float32_error_well_within_tolerance(variant, data, rng):
     """C=256: the float32 error stays 5x under the test tolerance, also on
     uniform [0, 1) inputs (a large mean, the harder case for Winograd)."""
-    n, c, h, o = 1, 256, 20, 32
+    n, c, h, o, r = 1, 256, 20, 32, VARIANTS[variant].r
     x = rng.random((n, c, h, h)) if data == "uniform" else rng.standard_normal((n, c, h, h))
-    x, w = x.astype(np.float32), rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    x, w = x.astype(np.float32), rng.standard_normal((o, c, r, r)).astype(np.float32)
     b = rng.standard_normal(o).astype(np.float32)
-    g = geometry("test", (h, h), (3, 3), 1, 1, 1)
+    g = geometry("test", (h, h), (r, r), 1, r // 2, 1)
     out = np.empty((n, o, h, h), np.float32)
-    _winograd.conv2d_3x3(x, w, b, g, out, VARIANTS[variant])
-    exact = reference.conv2d(*(a.astype(np.float64) for a in (x, w, b)), padding=1)
+    _winograd.convolve(x, w, b, g, out, VARIANTS[variant])
+    exact = reference.conv2d(*(a.astype(np.float64) for a in (x, w, b)), padding=r // 2)
     error = np.abs(out - exact).max() / np.abs(exact).max()
     assert error <= RTOL[np.dtype(np.float32)] / 5, error
 
@@ -240,14 +251,13 @@ def test_float32_error_well_within_tolerance(variant, data, rng):
 def test_grad_weight_float32_error_well_within_tolerance(variant, data, rng):
     """dW sums over every tile (here 3136 output positions): the float32 error
     stays 5x under the test tolerance on normal and on uniform [0, 1) data."""
-    n, c, h, o = 4, 32, 28, 32
+    n, c, h, o, r = 4, 32, 28, 32, VARIANTS[variant].r
     draw = rng.random if data == "uniform" else rng.standard_normal
     x, grad_out = draw((n, c, h, h)), draw((n, o, h, h))
-    g = geometry("test", (h, h), (3, 3), 1, 1, 1)
-    dw = np.empty((o, c, 3, 3), np.float32)
-    _winograd.grad_weight_3x3(x.astype(np.float32), grad_out.astype(np.float32), g, dw,
-                              VARIANTS[variant])
-    exact = reference.conv2d_grad_weight(x, grad_out, dw.shape, padding=1)
+    g = geometry("test", (h, h), (r, r), 1, r // 2, 1)
+    dw = np.empty((o, c, r, r), np.float32)
+    _winograd.grad_weight(x.astype(np.float32), grad_out.astype(np.float32), g, dw, VARIANTS[variant])
+    exact = reference.conv2d_grad_weight(x, grad_out, dw.shape, padding=r // 2)
     error = np.abs(dw - exact).max() / np.abs(exact).max()
     assert error <= RTOL[np.dtype(np.float32)] / 5, error
 
@@ -256,27 +266,28 @@ def test_transform_matrices_are_exact():
     """A^T [(G g) * (B^T d)] is the 1-D correlation of d with g, for every variant."""
     rng = np.random.default_rng(0)
     for v in VARIANTS.values():
-        d, g = rng.standard_normal(v.alpha), rng.standard_normal(3)
+        d, g = rng.standard_normal(v.alpha), rng.standard_normal(v.r)
         expected = np.correlate(d, g, mode="valid")
         np.testing.assert_allclose(v.at @ ((v.g @ g) * (v.bt @ d)), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_conv2d_takes_the_winograd_path(monkeypatch, rng):
+@pytest.mark.parametrize("r", [3, 5])
+def test_conv2d_takes_the_winograd_path(r, monkeypatch, rng):
     calls = []
-    original = _winograd.conv2d_3x3
-    monkeypatch.setattr(_winograd, "conv2d_3x3", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = _winograd.convolve
+    monkeypatch.setattr(_winograd, "convolve", lambda *a, **k: calls.append(1) or original(*a, **k))
     x = random_array(rng, (1, 64, 56, 56), np.float32)
-    w = random_array(rng, (64, 64, 3, 3), np.float32)
+    w = random_array(rng, (64, 64, r, r), np.float32)
     b = random_array(rng, (64,), np.float32)
-    y = fc.conv2d(x, w, b, padding=1)
+    y = fc.conv2d(x, w, b, padding=r // 2)
     assert calls == [1]
-    assert_matches(y, reference.conv2d(x, w, b, padding=1))
+    assert_matches(y, reference.conv2d(x, w, b, padding=r // 2))
 
 
 def test_conv2d_grad_weight_takes_the_winograd_path(monkeypatch, rng):
     calls = []
-    original = _winograd.grad_weight_3x3
-    monkeypatch.setattr(_winograd, "grad_weight_3x3",
+    original = _winograd.grad_weight
+    monkeypatch.setattr(_winograd, "grad_weight",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     x = random_array(rng, (8, 64, 28, 28), np.float32)
     grad_out = random_array(rng, (8, 64, 28, 28), np.float32)
