@@ -211,18 +211,19 @@ def test_concurrent_calls_from_python_threads(rng):
     assert _blas_threads() == before
 
 
+@pytest.mark.parametrize("r", [3, 5])
 @pytest.mark.parametrize("value", [np.nan, np.inf, 1e37])
-def test_declines_values_it_could_not_transform_exactly(value, rng):
+def test_declines_values_it_could_not_transform_exactly(value, r, rng):
     """NaN, Inf and values whose transforms could overflow are declined (None);
     conv2d then takes an exact path that agrees with the reference."""
     x = random_array(rng, (1, 32, 12, 12), np.float32)
-    w = 1e-3 * random_array(rng, (32, 32, 3, 3), np.float32)
+    w = 1e-3 * random_array(rng, (32, 32, r, r), np.float32)
     x[0, 3, 5, 6] = value
-    g = geometry("test", x.shape[2:], (3, 3), 1, 1, 1)
+    g = geometry("test", x.shape[2:], (r, r), 1, r // 2, 1)
     out = np.empty((1, 32, 12, 12), np.float32)
     assert _winograd.convolve(x, w, np.zeros(32, np.float32), g, out) is None
-    y = fc.conv2d(x, w, padding=1)
-    expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    y = fc.conv2d(x, w, padding=r // 2)
+    expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=r // 2)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
     np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
     finite = np.isfinite(expected)
