@@ -168,50 +168,6 @@ def _zero(out, start, stop):
 
 
 @serial_kernel
-def _deinterleave(q, at, plane, step, xf, src, wd, pl, m, size, tw):
-    """The column phases of one input row: q[at + l*plane + b*step] = row[b*m + l - pl]
-    for l < size and tiles b < tw, zero outside the row ``xf[src:src + wd]``.
-
-    Interior tiles read m consecutive values into m phases in one loop (a
-    stride-m interleaved load that vectorizes); phases l >= m are phase l - m
-    one tile on."""
-    inner0 = min(tw, (pl + m - 1) // m)  # first tile whose m columns start inside
-    inner1 = max(inner0, min(tw, (wd + pl - m) // m + 1))  # past the last tile ending inside
-    ustep, uplane = np.uint64(step), np.uint64(plane)
-    for b in range(tw):
-        if inner0 <= b < inner1:
-            continue
-        for l in range(m):
-            col = b * m + l - pl
-            q[at + l * plane + b * step] = xf[src + col] if 0 <= col < wd else 0
-    first = np.uint64(at + inner0 * step)
-    base = np.uint64(src + inner0 * m - pl)
-    count = np.uint64(inner1 - inner0)
-    if m == 4:
-        for b in range(count):
-            d, c = first + b * ustep, base + b * np.uint64(4)
-            q[d] = xf[c]
-            q[d + uplane] = xf[c + np.uint64(1)]
-            q[d + np.uint64(2) * uplane] = xf[c + np.uint64(2)]
-            q[d + np.uint64(3) * uplane] = xf[c + np.uint64(3)]
-    elif m == 2:
-        for b in range(count):
-            d, c = first + b * ustep, base + b * np.uint64(2)
-            q[d] = xf[c]
-            q[d + uplane] = xf[c + np.uint64(1)]
-    else:
-        for l in range(m):
-            for b in range(count):
-                q[first + np.uint64(l) * uplane + b * ustep] = xf[base + b * np.uint64(m) + np.uint64(l)]
-    for l in range(m, size):
-        dst, prev = np.uint64(at + l * plane), np.uint64(at + (l - m) * plane + step)
-        for b in range(np.uint64(tw - 1)):
-            q[dst + b * ustep] = q[prev + b * ustep]
-        col = (tw - 1) * m + l - pl
-        q[at + l * plane + (tw - 1) * step] = xf[src + col] if 0 <= col < wd else 0
-
-
-@serial_kernel
 def _within(values, limit):
     """Whether every value lies in [-limit, limit] (False for NaN)."""
     count = 0
