@@ -468,6 +468,13 @@ def _tiles(n, oh, ow, m):
     return n * -(-oh // m) * -(-ow // m)
 
 
+def handles(geom):
+    """Whether a window is one the Winograd variants compute: square 3x3 or 5x5,
+    stride 1, undilated."""
+    g = geom
+    return g.kh == g.kw and g.kh in (3, 5) and g.sh == g.sw == g.dh == g.dw == 1
+
+
 def worthwhile(n, c, o, oh, ow):
     """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape (a 5x5 one
     saves more: the same rule serves it). The

@@ -473,8 +473,7 @@ def convolve_into(x, w, bias, geom, groups, result):
         if has_bias:
             out2 += b
     else:
-        winograd = kh == kw and kh in (3, 5) and g.sh == g.sw == g.dh == g.dw == 1 \
-            and _winograd.worthwhile(n, cg, o // groups, g.oh, g.ow)
+        winograd = _winograd.handles(g) and _winograd.worthwhile(n, cg, o // groups, g.oh, g.ow)
         # Winograd declines (None) inputs with NaN, Inf or huge values: they go the exact way
         if not winograd or _winograd.convolve(x, w, b, g, result) is None:
             _gemm_path(x, w, b, result, geom, groups, has_bias)

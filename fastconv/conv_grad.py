@@ -334,8 +334,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     if (shape[1] == 1 or macs < _DIRECT_MACS) and np.isfinite(go).all():
         _grad_weight_direct(x, go, dW, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, work=macs)
         return dW
-    if g.kh == g.kw and g.kh in (3, 5) and g.sh == g.sw == g.dh == g.dw == 1 \
-            and _winograd.grad_weight_worthwhile(n, shape[1], o // groups, g.oh, g.ow) \
+    if _winograd.handles(g) and _winograd.grad_weight_worthwhile(n, shape[1], o // groups, g.oh, g.ow) \
             and _winograd.grad_weight(x, go, g, dW) is not None:
         return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw
