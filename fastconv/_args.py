@@ -257,15 +257,15 @@ def conv_groups(func, x_shape, weight_shape, groups, x_name="x"):
     if groups < 1:
         raise ValueError(f"{func}: groups must be >= 1, got {groups}")
     c, (o, cg) = x_shape[1], weight_shape[:2]
-    hint = _layout_hint(x_name, x_shape, cg * groups)
     if c % groups:
-        raise ValueError(f"{func}: {x_name} has {c} channels, not divisible by groups={groups}{hint}")
+        raise ValueError(f"{func}: {x_name} has {c} channels, not divisible by groups={groups}"
+                         f"{_layout_hint(x_name, x_shape, cg * groups)}")
     if o % groups:
         raise ValueError(f"{func}: weight has {o} output channels, not divisible by groups={groups}")
     if cg != c // groups:
         raise ValueError(
             f"{func}: weight has {cg} input channels per group but {x_name} has {c} channels "
-            f"(groups={groups}){hint}"
+            f"(groups={groups}){_layout_hint(x_name, x_shape, cg * groups)}"
         )
     if min(weight_shape[2:]) < 1:
         raise ValueError(f"{func}: weight has an empty kernel, shape {tuple(weight_shape)}")

@@ -154,11 +154,19 @@ def _small(x, w2, b, cols, tmp, out, groups, kh, kw, sh, sw, dh, dw, pt, pl):
                   kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
     og = n_out // groups
     rg = w2.shape[1]
+    quads = rg - rg % 4
     for o in range(n_out):
         first = (o // og) * rg
         acc = tmp[o]
         acc[:] = b[o]
-        for k in range(rg):
+        # four rows of cols per pass over acc: a quarter of its loads and stores
+        for k in range(0, quads, 4):
+            w0, w1, w2_, w3 = w2[o, k], w2[o, k + 1], w2[o, k + 2], w2[o, k + 3]
+            c0, c1 = cols[first + k], cols[first + k + 1]
+            c2, c3 = cols[first + k + 2], cols[first + k + 3]
+            for q in range(acc.shape[0]):
+                acc[q] += w0 * c0[q] + w1 * c1[q] + w2_ * c2[q] + w3 * c3[q]
+        for k in range(quads, rg):
             wv = w2[o, k]
             crow = cols[first + k]
             for q in range(acc.shape[0]):
