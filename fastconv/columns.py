@@ -164,6 +164,108 @@ def chunk_views(cols, results, t, images, p, rows, o):
 im2col_serial, col2im_serial = _im2col.serial, _col2im.serial
 
 
+#: Channels per group from which convolution tasks gather each output pixel's
+#: window as a row with channels innermost (runs of that many contiguous values,
+#: :func:`windows_serial`) rather than as im2col columns.
+WINDOW_CHANNELS = 16
+
+
+def window_stages(geom, x_shape, groups, threads, reordered_weight=0):
+    """Shape of the per-thread stages of :func:`windows_serial` for input ``x_shape``
+    (N, C, H, W): (threads, HB, WB, C), an image zero-padded as far as the windows
+    read and the image reaches; (threads, 0, 0, 0) where window rows don't pay:
+    fewer than :data:`WINDOW_CHANNELS` channels per group, a single tap, or
+    fewer output pixels than twice ``reordered_weight``, the output channels of
+    a weight the caller reorders with :func:`window_weight` (a pass over all of
+    it; measured break-even on 3x3 stride-2 layers of 96-512 channels)."""
+    g = geom
+    n, c, h, w = x_shape
+    if c // groups < WINDOW_CHANNELS or g.kh * g.kw == 1 or n * g.oh * g.ow < 2 * reordered_weight:
+        return threads, 0, 0, 0
+    reach_h, reach_w = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1
+    return threads, max(reach_h, g.pt + h), max(reach_w, g.pl + w), c
+
+
+def window_weight(w):
+    """Filters ``w`` (O, C/groups, KH, KW) as (O, KH*KW*C/groups), each row in the
+    order of a group's part of a :func:`windows_serial` row."""
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+
+@serial_kernel
+def _stage(x, n, stage, pt, pl):
+    """stage[pt + a, pl + b, c] = x[n, c, a, b], zero around the image."""
+    hb, wb, channels = stage.shape
+    h, w = x.shape[2], x.shape[3]
+    for a in range(hb):
+        dst = stage[a]
+        if a < pt or a >= pt + h:
+            dst[:] = 0
+            continue
+        dst[:pl] = 0
+        dst[pl + w:] = 0
+        for c in range(channels):
+            src = x[n, c, a - pt]
+            for b in range(w):
+                dst[pl + b, c] = src[b]
+
+
+@serial_kernel
+def windows_serial(x, i0, i1, stage, out, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+    """out[(m*OH + y)*OW + q] = the window of output pixel (y, q) of image i0 + m,
+    ordered (group, kernel row, kernel column, channel of the group): the im2col
+    matrix transposed, channels innermost. Each image is staged once in ``stage``
+    (see :func:`window_stages`) so that every window row copies runs of C/groups
+    contiguous values."""
+    hb, wb, channels = stage.shape
+    cg = channels // groups
+    sf, of = stage.ravel(), out.ravel()
+    width = np.uint64(out.shape[1])
+    run = np.uint64(cg)
+    for m in range(i1 - i0):
+        _stage(x, i0 + m, stage, pt, pl)
+        for y in range(oh):
+            for q in range(ow):
+                dst = np.uint64((m * oh + y) * ow + q) * width
+                for g in range(groups):
+                    for i in range(kh):
+                        for j in range(kw):
+                            src = np.uint64(((y * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
+                            for k in range(run):
+                                of[dst + k] = sf[src + k]
+                            dst += run
+
+
+@serial_kernel
+def add_windows_serial(rows, dx, i0, i1, stage, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+    """Adjoint of :func:`windows_serial`: dx[i0 + m] = the sum of image m's window
+    rows at the places they were read from (zero where no window reads)."""
+    hb, wb, channels = stage.shape
+    h, w = dx.shape[2], dx.shape[3]
+    cg = channels // groups
+    sf, rf = stage.ravel(), rows.ravel()
+    width = np.uint64(rows.shape[1])
+    run = np.uint64(cg)
+    for m in range(i1 - i0):
+        stage[:] = 0
+        for y in range(oh):
+            for q in range(ow):
+                src = np.uint64((m * oh + y) * ow + q) * width
+                for g in range(groups):
+                    for i in range(kh):
+                        for j in range(kw):
+                            dst = np.uint64(((y * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
+                            for k in range(run):
+                                sf[dst + k] += rf[src + k]
+                            src += run
+        for a in range(h):
+            row = stage[pt + a]
+            for c in range(channels):
+                out = dx[i0 + m, c, a]
+                for b in range(w):
+                    out[b] = row[pl + b, c]
+
+
 def _window(geom):
     g = geom
     return g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow

@@ -19,9 +19,12 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
   2.25-4x fewer multiplications;
   inputs with NaN, Inf or huge values take the im2col path below instead;
 * everything else: im2col + GEMM in cache-sized chunks. Small output planes
-  (OH*OW <= 4096): the columns of a chunk of images side by side, one wide GEMM
+  (OH*OW <= 4096): the windows of a chunk of images side by side, one wide GEMM
   per group (a per-image GEMM would be too narrow), then a copy into NCHW that
-  adds the bias, one task per thread over its images. Large planes: per-image
+  adds the bias, one task per thread over its images; with 16 or more channels
+  per group the windows are rows with channels innermost, copied in contiguous
+  runs from a channels-last copy of each image (2.5x faster to build than im2col
+  columns on 3x3 stride-2 layers). Large planes: per-image
   stacked columns of a band of output rows, then per group a GEMM
   ``W_g (O/g, C/g*KH*KW) @ cols`` written straight into NCHW, one task per thread
   over (image, band) pairs; with groups=1 the bias rides in the GEMM as an extra
@@ -44,7 +47,16 @@ from ._args import (
 )
 from ._blas import gemm
 from ._config import kernel, serial_kernel, thread_count
-from .columns import chunk_views, im2col_into, im2col_serial, im2col_stacked_into, inside_columns
+from .columns import (
+    chunk_views,
+    im2col_into,
+    im2col_serial,
+    im2col_stacked_into,
+    inside_columns,
+    window_stages,
+    window_weight,
+    windows_serial,
+)
 
 __all__ = ["conv2d"]
 
@@ -240,18 +252,37 @@ def _gemm_path(x, w, b, result, geom, groups, has_bias):
 
 
 @kernel
-def _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+def _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl,
+                  oh, ow):
     """:func:`_gemm_merged` with one task per thread: its images, ``chunk`` at a
-    time, im2col'd side by side into ``cols[t]``, single-threaded GEMMs into
-    ``tmp[t]``, then copied into NCHW with the bias."""
+    time, their windows side by side in ``cols[t]``, single-threaded GEMMs into
+    ``tmp[t]``, then copied into NCHW with the bias.
+
+    With an empty ``stage`` the windows are im2col columns (R, chunk*P), w2 is
+    (O, R) and ``tmp[t]`` is (O, chunk*P). Else they are window rows (chunk*P, R),
+    channels innermost, built through ``stage[t]``; w2 is (O, R/groups) with its
+    taps ordered (KH, KW, C/groups), and ``tmp[t]`` is (chunk*P, O)."""
     threads, n = cols.shape[0], x.shape[0]
-    o, rg = w2.shape
-    og, rows, p = o // groups, rg * groups, oh * ow
+    o = out3.shape[1]
+    rows = x.shape[1] * kh * kw
+    og, rg, p = o // groups, rows // groups, oh * ow
     for t in prange(threads):
         stop = (t + 1) * n // threads
         for i0 in range(t * n // threads, stop, chunk):
             i1 = min(i0 + chunk, stop)
             c, m = chunk_views(cols, tmp, t, i1 - i0, p, rows, o)
+            if stage.size:
+                win, mt = c.reshape(((i1 - i0) * p, rows)), m.reshape(((i1 - i0) * p, o))
+                windows_serial(x, i0, i1, stage[t], win, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+                for g in range(groups):
+                    gemm(addr, win[:, g * rg:(g + 1) * rg], w2[g * og:(g + 1) * og],
+                         mt[:, g * og:(g + 1) * og], True, 0.0)
+                for i in range(i0, i1):
+                    for q in range(p):
+                        src = mt[(i - i0) * p + q]
+                        for k in range(o):
+                            out3[i, k, q] = src[k] + b[k]
+                continue
             im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
                           kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
             for g in range(groups):
@@ -266,10 +297,10 @@ def _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, kh, kw, sh, sw
 
 
 def _gemm_merged(x, w, b, result, geom, groups):
-    """Columns of a chunk of images side by side (public layout), one GEMM per group
-    into a (O, chunk*OH*OW) buffer, then a copy into NCHW that adds the bias: as one
-    task per thread where a BLAS is callable from kernels and every thread has an
-    image, else chunk by chunk between parallel kernels."""
+    """Windows of a chunk of images side by side, one GEMM per group into a
+    buffer, then a copy into NCHW that adds the bias: as one task per thread where
+    a BLAS is callable from kernels and every thread has an image, else chunk by
+    chunk between parallel kernels."""
     n, c = x.shape[:2]
     o = w.shape[0]
     rows, ohw = c * geom.kh * geom.kw, geom.oh * geom.ow
@@ -280,10 +311,13 @@ def _gemm_merged(x, w, b, result, geom, groups):
     addr, threads = _blas.address(x.dtype), thread_count()
     if addr is not None and n >= threads:
         chunk = _workspace.images_per_chunk(n, per_image, threads)
-        with _workspace.scratch(x.dtype, (threads, rows * chunk * ohw), (threads, o * chunk * ohw)) \
-                as (cols, tmp), _blas.one_thread():
-            _merged_tasks(addr, x, w2, b, out3, cols, tmp, chunk, groups, *geom.taps, geom.oh, geom.ow,
-                          work=result.size * rg)
+        stages = window_stages(geom, x.shape, groups, threads, reordered_weight=o)
+        if stages[1]:
+            w2 = window_weight(w)
+        with _workspace.scratch(x.dtype, (threads, rows * chunk * ohw), (threads, o * chunk * ohw), stages) \
+                as (cols, tmp, stage), _blas.one_thread():
+            _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, chunk, groups, *geom.taps, geom.oh,
+                          geom.ow, work=result.size * rg)
         return
     chunk = _workspace.images_per_chunk(n, per_image)
     with _workspace.scratch(x.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as (cols_buffer, tmp_buffer):

@@ -13,7 +13,10 @@
 * Both GEMM forms run as one numba task per thread over chunks of its images,
   with single-threaded BLAS inside (per-thread dW partials, summed at the end),
   where a BLAS is callable from kernels and every thread has an image; else as
-  NumPy matmuls between parallel im2col/col2im kernels.
+  NumPy matmuls between parallel im2col/col2im kernels. With 16 or more channels
+  per group the tasks hold windows as rows with channels innermost instead of
+  im2col columns (:func:`fastconv.columns.windows_serial`): built and summed back
+  in contiguous runs through a channels-last copy of each image.
 * Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
   direct loop kernels (one task per output plane, no shared writes), unless a
   NaN or Inf would meet the zero padding those kernels skip.
@@ -35,7 +38,17 @@ from ._args import (
 from ._args import input_shape as shape_argument
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
-from .columns import chunk_views, col2im_into, col2im_serial, im2col_into, im2col_serial
+from .columns import (
+    add_windows_serial,
+    chunk_views,
+    col2im_into,
+    col2im_serial,
+    im2col_into,
+    im2col_serial,
+    window_stages,
+    window_weight,
+    windows_serial,
+)
 from .conv import convolve_into
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
@@ -111,33 +124,50 @@ def _side_by_side(go, i0, i1, grads):
 
 
 @kernel
-def _grad_weight_tasks(addr, x, go, partials, cols, grads, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl):
-    """partials[t, g] = sum of cols_g @ grads_g^T (the transposed dW of group g;
-    ran 1.3x faster here than grads_g @ cols_g^T) over thread t's images (every
-    thread has one), ``chunk`` at a time side by side: their im2col columns in
-    ``cols[t]`` (R, chunk*P) and their gradients in ``grads[t]`` (O, chunk*P),
-    both flat."""
+def _grad_weight_tasks(addr, x, go, partials, cols, grads, stage, chunk, groups, kh, kw, sh, sw, dh, dw,
+                       pt, pl):
+    """partials[t, g] = the dW of group g over thread t's images (every thread has
+    one), ``chunk`` at a time side by side: their gradients in ``grads[t]``
+    (O, chunk*P) and their windows in ``cols[t]``, both flat.
+
+    With an empty ``stage``, the windows are im2col columns (R, chunk*P) and
+    partials[t, g] = cols_g @ grads_gᵀ, the transposed dW (ran 1.3x faster here
+    than grads_g @ cols_gᵀ). Else they are window rows (chunk*P, R), channels
+    innermost, built through ``stage[t]``, and partials[t, g] = grads_g @ rows_g,
+    dW with its taps ordered (KH, KW, C/groups)."""
     threads, n = partials.shape[0], x.shape[0]
-    rg, og = partials.shape[2], partials.shape[3]
+    o, rows = go.shape[1], x.shape[1] * kh * kw
+    og, rg = o // groups, rows // groups
     oh, ow = go.shape[2], go.shape[3]
-    o, rows, p = og * groups, rg * groups, oh * ow
+    p = oh * ow
     for t in prange(threads):
         first, stop = t * n // threads, (t + 1) * n // threads
         for i0 in range(first, stop, chunk):
             i1 = min(i0 + chunk, stop)
+            beta = 0.0 if i0 == first else 1.0
             c, g2 = chunk_views(cols, grads, t, i1 - i0, p, rows, o)
-            im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
-                          kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
             _side_by_side(go, i0, i1, g2)
-            for g in range(groups):
-                gemm(addr, c[g * rg:(g + 1) * rg], g2[g * og:(g + 1) * og], partials[t, g], True,
-                     0.0 if i0 == first else 1.0)
+            if stage.size:
+                win = c.reshape(((i1 - i0) * p, rows))
+                windows_serial(x, i0, i1, stage[t], win, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+                for g in range(groups):
+                    gemm(addr, g2[g * og:(g + 1) * og], win[:, g * rg:(g + 1) * rg], partials[t, g],
+                         False, beta)
+            else:
+                im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
+                              kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
+                for g in range(groups):
+                    gemm(addr, c[g * rg:(g + 1) * rg], g2[g * og:(g + 1) * og], partials[t, g], True,
+                         beta)
 
 
 @kernel
-def _grad_input_tasks(addr, go, w2, dx, cols, grads, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl):
-    """dx[i] = col2im(W^T grad_out[i]) per group over thread t's images, ``chunk``
-    at a time side by side, as in :func:`_grad_weight_tasks`."""
+def _grad_input_tasks(addr, go, w2, dx, cols, grads, stage, chunk, groups, kh, kw, sh, sw, dh, dw, pt, pl):
+    """dx[i] = the column gradients W_gᵀ grad_out[i] per group, summed back into
+    the image, over thread t's images ``chunk`` at a time side by side, as in
+    :func:`_grad_weight_tasks`: with an empty ``stage``, w2 is (O, R) in OIHW order
+    and col2im sums im2col columns; else w2 has its taps ordered (KH, KW, C/groups)
+    and the window rows are summed back through ``stage[t]``."""
     threads, n = cols.shape[0], dx.shape[0]
     o, rg = w2.shape
     oh, ow = go.shape[2], go.shape[3]
@@ -148,22 +178,35 @@ def _grad_input_tasks(addr, go, w2, dx, cols, grads, chunk, groups, kh, kw, sh, 
             i1 = min(i0 + chunk, stop)
             c, g2 = chunk_views(cols, grads, t, i1 - i0, p, rows, o)
             _side_by_side(go, i0, i1, g2)
-            for g in range(groups):
-                gemm_at(addr, w2[g * og:(g + 1) * og], g2[g * og:(g + 1) * og],
-                        c[g * rg:(g + 1) * rg], 0.0)
-            col2im_serial(c.reshape((rows * (i1 - i0), p)), dx[i0:i1], i1 - i0, 1,
-                          kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+            if stage.size:
+                win = c.reshape(((i1 - i0) * p, rows))
+                for g in range(groups):
+                    gemm_at(addr, g2[g * og:(g + 1) * og], w2[g * og:(g + 1) * og],
+                            win[:, g * rg:(g + 1) * rg], 0.0)
+                add_windows_serial(win, dx, i0, i1, stage[t], groups, kh, kw, sh, sw, dh, dw, pt, pl,
+                                   oh, ow)
+            else:
+                for g in range(groups):
+                    gemm_at(addr, w2[g * og:(g + 1) * og], g2[g * og:(g + 1) * og],
+                            c[g * rg:(g + 1) * rg], 0.0)
+                col2im_serial(c.reshape((rows * (i1 - i0), p)), dx[i0:i1], i1 - i0, 1,
+                              kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
 
 
-def _image_tasks(n, rows, o, p, dtype):
-    """(BLAS address, threads, images per chunk) for one task per thread over
-    chunks of its images, or None where no BLAS is callable from kernels or some
-    thread would have no image."""
+def _image_tasks(x_shape, o, geom, groups, dtype, reordered_weight=0):
+    """(BLAS address, threads, images per chunk, stage shape) for one task per
+    thread over chunks of its images, or None where no BLAS is callable from
+    kernels or some thread would have no image. The stages are empty where the
+    tasks use im2col columns rather than window rows
+    (:func:`fastconv.columns.window_stages`)."""
     addr, threads = _blas.address(dtype), thread_count()
+    n, c = x_shape[:2]
     if addr is None or n < threads:
         return None
-    per_image = (rows + o) * p * np.dtype(dtype).itemsize
-    return addr, threads, _workspace.images_per_chunk(n, per_image, threads)
+    g = geom
+    per_image = (c * g.kh * g.kw + o) * g.oh * g.ow * np.dtype(dtype).itemsize
+    return (addr, threads, _workspace.images_per_chunk(n, per_image, threads),
+            window_stages(g, x_shape, groups, threads, reordered_weight))
 
 
 def _transposed_geometry(geom, input_hw):
@@ -267,13 +310,14 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
         return dx
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
-    tasks = _image_tasks(n, rows, o, g.oh * g.ow, dtype)
+    tasks = _image_tasks(shape, o, g, groups, dtype, reordered_weight=o)
     if tasks:
-        addr, threads, chunk = tasks
+        addr, threads, chunk, staged = tasks
         width = chunk * g.oh * g.ow
-        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width)) as (cols, grads), \
-                _blas.one_thread():
-            _grad_input_tasks(addr, go, w.reshape(o, rg), dx, cols, grads, chunk, groups, *g.taps,
+        w2 = window_weight(w) if staged[1] else w.reshape(o, rg)
+        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width), staged) \
+                as (cols, grads, stage), _blas.one_thread():
+            _grad_input_tasks(addr, go, w2, dx, cols, grads, stage, chunk, groups, *g.taps,
                               work=macs)
         return dx
     w3 = w.reshape(groups, og, rg)
@@ -339,14 +383,22 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
         return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
-    tasks = _image_tasks(n, rows, o, g.oh * g.ow, dtype)
+    tasks = _image_tasks(x.shape, o, g, groups, dtype)
     if tasks:
-        addr, threads, chunk = tasks
+        addr, threads, chunk, staged = tasks
         width = chunk * g.oh * g.ow
-        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width),
-                                (threads, groups, rg, og)) as (cols, grads, partials), _blas.one_thread():
-            _grad_weight_tasks(addr, x, go, partials, cols, grads, chunk, groups, *g.taps, work=macs)
-            dW.reshape(groups, og, rg)[...] = partials.sum(axis=0).transpose(0, 2, 1)
+        windowed = staged[1] > 0
+        partial = (og, rg) if windowed else (rg, og)
+        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width), staged,
+                                (threads, groups, *partial)) as (cols, grads, stage, partials), \
+                _blas.one_thread():
+            _grad_weight_tasks(addr, x, go, partials, cols, grads, stage, chunk, groups, *g.taps, work=macs)
+            total = partials.sum(axis=0)
+        if windowed:  # taps ordered (KH, KW, C/groups)
+            dW.reshape(groups, og, shape[1], g.kh, g.kw)[...] = \
+                total.reshape(groups, og, g.kh, g.kw, shape[1]).transpose(0, 1, 4, 2, 3)
+        else:
+            dW.reshape(groups, og, rg)[...] = total.transpose(0, 2, 1)
         return dW
     dW3 = dW.reshape(groups, og, rg)
     for images, cols, grads in _image_chunks(go, rows):

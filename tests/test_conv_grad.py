@@ -7,7 +7,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv import _blas, _workspace, conv_grad, reference
+from fastconv import _blas, _workspace, columns, conv_grad, reference
+from fastconv._args import geometry
 
 from cases import CONV2D_CASES as CASES
 from conftest import DTYPES, assert_matches, central_difference, layouts, random_array, relative_error
@@ -199,3 +200,35 @@ def test_strided_gradient_schedules(schedule, groups, chunk_bytes, rng, monkeypa
     assert_matches(fc.conv2d_grad_weight(x, g, w.shape, **kw),
                    reference.conv2d_grad_weight(x, g, w.shape, **kw))
     assert len(calls) == (2 if schedule == "tasks" and numba.get_num_threads() <= 5 else 0)
+
+
+#: shapes whose convolution tasks gather windows as rows with channels innermost
+WINDOW_CASES = {
+    "strided": ((4, 32, 15, 13), (24, 32, 3, 3), dict(stride=2, padding=1)),
+    "groups_dilated": ((3, 64, 12, 11), (32, 32, 3, 3), dict(stride=(2, 1), padding=(2, 0), dilation=2,
+                                                             groups=2)),
+    "5x3_same": ((2, 16, 9, 14), (8, 16, 5, 3), dict(padding="same")),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", WINDOW_CASES)
+def test_window_rows(name, dtype, rng):
+    """conv2d (small planes), grad_input and grad_weight through window rows match
+    the references, a NaN in x or grad_out included."""
+    x_shape, w_shape, kw = WINDOW_CASES[name]
+    groups = kw.get("groups", 1)
+    geom = geometry("test", x_shape[2:], w_shape[2:], kw.get("stride", 1), kw["padding"],
+                             kw.get("dilation", 1))
+    assert columns.window_stages(geom, x_shape, groups, 2, reordered_weight=w_shape[0])[1] > 0
+    x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    g = random_array(rng, reference.conv2d(x, w, **kw).shape, dtype)
+    x[1, 3, 4, 5] = g[0, 2, 1, 1] = np.nan
+    pairs = [(fc.conv2d(x, w, **kw), reference.conv2d(x, w, **kw)),
+             (fc.conv2d_grad_input(g, w, x.shape, **kw), reference.conv2d_grad_input(g, w, x.shape, **kw)),
+             (fc.conv2d_grad_weight(x, g, w.shape, **kw), reference.conv2d_grad_weight(x, g, w.shape, **kw))]
+    for actual, expected in pairs:
+        nan = np.isnan(expected)
+        assert nan.any() and not nan.all()
+        np.testing.assert_array_equal(np.isnan(actual), nan)
+        assert_matches(np.where(nan, 0, actual), np.where(nan, 0, expected))
