@@ -193,6 +193,33 @@ def _grad_input_tasks(addr, go, w2, dx, cols, grads, stage, chunk, groups, kh, k
                               kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
 
 
+@kernel
+def _sum_partials(partials, dW, windowed):
+    """dW (O, C/groups, KH, KW) = the sum over threads of :func:`_grad_weight_tasks`'
+    partials (threads, groups, O/groups, Rg) with taps ordered (KH, KW, C/groups)
+    where ``windowed``, else (threads, groups, Rg, O/groups) in OIHW tap order."""
+    threads, groups = partials.shape[:2]
+    o, cg, kh, kw = dW.shape
+    og, taps = o // groups, kh * kw
+    for task in prange(o):
+        g = task // og
+        k = task - g * og
+        row = dW[task].reshape(cg * taps)
+        if windowed:
+            for tap in range(taps):
+                for c in range(cg):
+                    total = partials[0, g, k, tap * cg + c]
+                    for t in range(1, threads):
+                        total += partials[t, g, k, tap * cg + c]
+                    row[c * taps + tap] = total
+        else:
+            for r in range(cg * taps):
+                total = partials[0, g, r, k]
+                for t in range(1, threads):
+                    total += partials[t, g, r, k]
+                row[r] = total
+
+
 def _image_tasks(x_shape, o, geom, groups, dtype, reordered_weight=0):
     """(BLAS address, threads, images per chunk, stage shape) for one task per
     thread over chunks of its images, or None where no BLAS is callable from
@@ -393,12 +420,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
                                 (threads, groups, *partial)) as (cols, grads, stage, partials), \
                 _blas.one_thread():
             _grad_weight_tasks(addr, x, go, partials, cols, grads, stage, chunk, groups, *g.taps, work=macs)
-            total = partials.sum(axis=0)
-        if windowed:  # taps ordered (KH, KW, C/groups)
-            dW.reshape(groups, og, shape[1], g.kh, g.kw)[...] = \
-                total.reshape(groups, og, g.kh, g.kw, shape[1]).transpose(0, 1, 4, 2, 3)
-        else:
-            dW.reshape(groups, og, rg)[...] = total.transpose(0, 2, 1)
+            _sum_partials(partials, dW, windowed, work=partials.size)
         return dW
     dW3 = dW.reshape(groups, og, rg)
     for images, cols, grads in _image_chunks(go, rows):
