@@ -174,16 +174,21 @@ def window_stages(geom, x_shape, groups, threads, reordered_weight=0):
     """Shape of the per-thread stages of :func:`windows_serial` for input ``x_shape``
     (N, C, H, W): (threads, HB, WB, C), an image zero-padded as far as the windows
     read and the image reaches; (threads, 0, 0, 0) where window rows don't pay:
-    fewer than :data:`WINDOW_CHANNELS` channels per group, a single tap, or
-    fewer output pixels than twice ``reordered_weight``, the output channels of
-    a weight the caller reorders with :func:`window_weight` (a pass over all of
-    it; measured break-even on 3x3 stride-2 layers of 96-512 channels)."""
+    fewer than :data:`WINDOW_CHANNELS` channels per group, a single tap, fewer
+    output pixels than twice ``reordered_weight``, the output channels of a
+    weight the caller reorders with :func:`window_weight` (a pass over all of
+    it; measured break-even on 3x3 stride-2 layers of 96-512 channels), or a
+    stage larger than the window rows it feeds (wide dilation or padding, or
+    strides that skip pixels)."""
     g = geom
     n, c, h, w = x_shape
     if c // groups < WINDOW_CHANNELS or g.kh * g.kw == 1 or n * g.oh * g.ow < 2 * reordered_weight:
         return threads, 0, 0, 0
     reach_h, reach_w = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1
-    return threads, max(reach_h, g.pt + h), max(reach_w, g.pl + w), c
+    hb, wb = max(reach_h, g.pt + h), max(reach_w, g.pl + w)
+    if hb * wb > g.oh * g.ow * g.kh * g.kw:
+        return threads, 0, 0, 0
+    return threads, hb, wb, c
 
 
 def window_weight(w):

@@ -232,3 +232,13 @@ def test_window_rows(name, dtype, rng):
         assert nan.any() and not nan.all()
         np.testing.assert_array_equal(np.isnan(actual), nan)
         assert_matches(np.where(nan, 0, actual), np.where(nan, 0, expected))
+
+
+def test_window_rows_never_stage_more_than_they_feed():
+    """A wide dilation over a small output takes im2col columns: a channels-last
+    copy of its padded input would be 400x the window rows."""
+    geom = geometry("test", (10, 10), (3, 3), 1, 1000, 1000)
+    assert (geom.oh, geom.ow) == (10, 10)
+    assert columns.window_stages(geom, (2, 16, 10, 10), 1, 2) == (2, 0, 0, 0)
+    geom = geometry("test", (14, 14), (3, 3), 2, 1, 1)
+    assert columns.window_stages(geom, (2, 16, 14, 14), 1, 2) == (2, 15, 15, 16)
