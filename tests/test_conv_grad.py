@@ -176,6 +176,29 @@ def test_property_grads_match_reference(n, groups, cg, og, h, w, kh, kw, stride,
                    reference.conv2d_grad_weight(x, G, weight.shape, **kwargs))
 
 
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 3), groups=st.integers(1, 2), cg=st.integers(16, 18), og=st.integers(8, 20),
+       h=st.integers(6, 16), w=st.integers(6, 16), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), dtype=st.sampled_from(DTYPES))
+def test_property_wide_channels_match_reference(n, groups, cg, og, h, w, kh, kw, stride, pad, dilation,
+                                                dtype):
+    """16+ channels per group: the shapes whose tasks may gather window rows."""
+    assume(h + 2 * pad[0] >= dilation[0] * (kh - 1) + 1 and w + 2 * pad[1] >= dilation[1] * (kw - 1) + 1)
+    rng = np.random.default_rng(0)
+    kwargs = dict(stride=stride, padding=pad, dilation=dilation, groups=groups)
+    x = random_array(rng, (n, groups * cg, h, w), dtype)
+    weight = random_array(rng, (groups * og, cg, kh, kw), dtype)
+    G = random_array(rng, reference.conv2d(x, weight, **kwargs).shape, dtype)
+    assert_matches(fc.conv2d(x, weight, **kwargs), reference.conv2d(x, weight, **kwargs))
+    assert_matches(fc.conv2d_grad_input(G, weight, x.shape, **kwargs),
+                   reference.conv2d_grad_input(G, weight, x.shape, **kwargs))
+    assert_matches(fc.conv2d_grad_weight(x, G, weight.shape, **kwargs),
+                   reference.conv2d_grad_weight(x, G, weight.shape, **kwargs))
+
+
 @pytest.mark.parametrize("schedule", ["tasks", "matmul"])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("chunk_bytes", [1, 8 << 20], ids=["one_image_chunks", "default"])
