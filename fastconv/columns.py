@@ -216,56 +216,53 @@ def _stage(x, n, stage, pt, pl):
 
 
 @serial_kernel
+def _window_runs(stage, rows, m, gather, groups, kh, kw, sh, sw, dh, dw, oh, ow):
+    """Image m's window rows (see :func:`windows_serial`) against its stage:
+    copied out of it where ``gather``, else summed back into it."""
+    hb, wb, channels = stage.shape
+    cg = channels // groups
+    sf, rf = stage.ravel(), rows.ravel()
+    width = np.uint64(rows.shape[1])
+    run = np.uint64(cg)
+    for y in range(oh):
+        for q in range(ow):
+            r = np.uint64((m * oh + y) * ow + q) * width
+            for g in range(groups):
+                for i in range(kh):
+                    for j in range(kw):
+                        s = np.uint64(((y * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
+                        if gather:
+                            for k in range(run):
+                                rf[r + k] = sf[s + k]
+                        else:
+                            for k in range(run):
+                                sf[s + k] += rf[r + k]
+                        r += run
+
+
+@serial_kernel
 def windows_serial(x, i0, i1, stage, out, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
     """out[(m*OH + y)*OW + q] = the window of output pixel (y, q) of image i0 + m,
     ordered (group, kernel row, kernel column, channel of the group): the im2col
     matrix transposed, channels innermost. Each image is staged once in ``stage``
     (see :func:`window_stages`) so that every window row copies runs of C/groups
     contiguous values."""
-    hb, wb, channels = stage.shape
-    cg = channels // groups
-    sf, of = stage.ravel(), out.ravel()
-    width = np.uint64(out.shape[1])
-    run = np.uint64(cg)
     for m in range(i1 - i0):
         _stage(x, i0 + m, stage, pt, pl)
-        for y in range(oh):
-            for q in range(ow):
-                dst = np.uint64((m * oh + y) * ow + q) * width
-                for g in range(groups):
-                    for i in range(kh):
-                        for j in range(kw):
-                            src = np.uint64(((y * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
-                            for k in range(run):
-                                of[dst + k] = sf[src + k]
-                            dst += run
+        _window_runs(stage, out, m, True, groups, kh, kw, sh, sw, dh, dw, oh, ow)
 
 
 @serial_kernel
 def add_windows_serial(rows, dx, i0, i1, stage, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
     """Adjoint of :func:`windows_serial`: dx[i0 + m] = the sum of image m's window
     rows at the places they were read from (zero where no window reads)."""
-    hb, wb, channels = stage.shape
     h, w = dx.shape[2], dx.shape[3]
-    cg = channels // groups
-    sf, rf = stage.ravel(), rows.ravel()
-    width = np.uint64(rows.shape[1])
-    run = np.uint64(cg)
     for m in range(i1 - i0):
         stage[:] = 0
-        for y in range(oh):
-            for q in range(ow):
-                src = np.uint64((m * oh + y) * ow + q) * width
-                for g in range(groups):
-                    for i in range(kh):
-                        for j in range(kw):
-                            dst = np.uint64(((y * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
-                            for k in range(run):
-                                sf[dst + k] += rf[src + k]
-                            src += run
+        _window_runs(stage, rows, m, False, groups, kh, kw, sh, sw, dh, dw, oh, ow)
         for a in range(h):
             row = stage[pt + a]
-            for c in range(channels):
+            for c in range(stage.shape[2]):
                 out = dx[i0 + m, c, a]
                 for b in range(w):
                     out[b] = row[pl + b, c]
