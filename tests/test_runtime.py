@@ -132,25 +132,33 @@ def test_layers_are_reachable_from_the_package():
 
 
 def test_thread_pool_settings_are_defaults_the_user_can_override():
-    """numba's OpenMP workers sleep unless the user says otherwise, and the
-    environment the user's other libraries and subprocesses see is left alone."""
+    """numba's OpenMP workers spin briefly and sleep unless the user says
+    otherwise, and the environment the user's other libraries and subprocesses
+    see is left alone."""
     fc._config.start_thread_pool()
     if numba.threading_layer() != "omp":
         pytest.skip("numba runs on another threading layer here")
     code = ("import ctypes, os, numpy as np, fastconv; "
             "import numba; numba.set_num_threads(numba.config.NUMBA_NUM_THREADS); "  # numba starts the pool
             "fastconv.conv2d(np.ones((2, 32, 20, 20)), np.ones((32, 32, 3, 3)), padding=1); "
-            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), "
+            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), os.environ.get('GOMP_SPINCOUNT', 'unset'), "
             "os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset'), flush=True); "
-            "ctypes.CDLL('libgomp.so.1').omp_display_env(0)")
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+            "ctypes.CDLL('libgomp.so.1').omp_display_env(1)")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean)
-    assert result.stdout.split() == ["unset", "unset"], result.stderr
+    assert result.stdout.split() == ["unset", "unset", "unset"], result.stderr
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in result.stderr
+    assert "GOMP_SPINCOUNT = '1000'" in result.stderr
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(clean, OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="7"))
-    assert result.stdout.split() == ["ACTIVE", "7"], result.stderr
+    assert result.stdout.split() == ["ACTIVE", "unset", "7"], result.stderr
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in result.stderr
+    assert "GOMP_SPINCOUNT = '1000'" not in result.stderr
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(clean, GOMP_SPINCOUNT="5"))
+    assert result.stdout.split() == ["unset", "5", "unset"], result.stderr
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in result.stderr and "GOMP_SPINCOUNT = '5'" in result.stderr
 
 
 def test_a_process_can_fork_after_importing_fastconv():
