@@ -1,16 +1,17 @@
 """Numba options and thread-pool policy, decided once for the whole package.
 
 * numba's OpenMP workers spin briefly, then sleep, once their work ends:
-  fastconv sets ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT=1000`` at import
+  fastconv sets ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT=300`` at import
   where the user has set neither (the policy alone where they set the spin
   count), and takes them back out of the environment once numba's pool has
   started (on fastconv's first parallel work), so that later subprocesses keep
   their own defaults. On a 2-core VM, waking a sleeping worker cost 35-70 µs per
-  parallel kernel, which the short spin saves between the kernels of one call
-  and between calls in a loop ((1, 32, 112, 112) depthwise: 0.13 -> 0.08 ms);
-  libgomp's default spin (about 3 ms), with another process busy on the other
-  core, took the caller's core: a (1, 64, 56, 56) conv2d ran 10x slower, where
-  with the short spin every layer stayed within 2.2x of its quiet time.
+  parallel kernel; the short spin saves it between the kernels of one call
+  ((8, 64, 56, 56) conv2d 3.06 -> 2.63 ms). Longer spins also bridge the calls of
+  a loop, but take the caller's core when another process keeps the other one
+  busy: with libgomp's default (about 3 ms) a (1, 64, 56, 56) conv2d ran 10x
+  slower, with 1000 spins a (1, 32, 112, 112) depthwise one 2.6x, with 300
+  every layer stayed within 2x of its quiet time.
   A process has one libgomp: where one is already loaded (torch imported
   first), numba runs on it with its policy, and torch imported later runs on
   this one. BLAS runs single-threaded inside numba's tasks
@@ -37,7 +38,7 @@ _WAIT = {}
 if "OMP_WAIT_POLICY" not in os.environ:
     _WAIT["OMP_WAIT_POLICY"] = "PASSIVE"
     if "GOMP_SPINCOUNT" not in os.environ:
-        _WAIT["GOMP_SPINCOUNT"] = "1000"
+        _WAIT["GOMP_SPINCOUNT"] = "300"
 os.environ.update(_WAIT)
 _pool_lock = threading.Lock()
 _pool_started = False

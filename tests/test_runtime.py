@@ -149,12 +149,12 @@ def test_thread_pool_settings_are_defaults_the_user_can_override():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean)
     assert result.stdout.split() == ["unset", "unset", "unset"], result.stderr
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in result.stderr
-    assert "GOMP_SPINCOUNT = '1000'" in result.stderr
+    assert "GOMP_SPINCOUNT = '300'" in result.stderr
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(clean, OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="7"))
     assert result.stdout.split() == ["ACTIVE", "unset", "7"], result.stderr
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in result.stderr
-    assert "GOMP_SPINCOUNT = '1000'" not in result.stderr
+    assert "GOMP_SPINCOUNT = '300'" not in result.stderr
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(clean, GOMP_SPINCOUNT="5"))
     assert result.stdout.split() == ["unset", "5", "unset"], result.stderr
