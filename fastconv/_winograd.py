@@ -58,6 +58,7 @@ from numba import prange
 from . import _blas, _workspace
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
+from .columns import stage_rows
 
 
 class Variant(NamedTuple):
@@ -161,13 +162,6 @@ def _combine(out, at, out_step, src, starts, src_step, coefs, rows, n):
 
 
 @serial_kernel
-def _zero(out, start, stop):
-    """out[start:stop] = 0 without a view (see :func:`_combine`)."""
-    for p in range(np.uint64(start), np.uint64(stop)):
-        out[p] = 0
-
-
-@serial_kernel
 def _within(values, limit):
     """Whether every value lies in [-limit, limit] (False for NaN)."""
     count = 0
@@ -206,18 +200,16 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
 
     Per image, the band of padded rows the tiles read is first copied with its
     channels innermost and its columns in phase order (column ``b*m + l`` at
-    ``l*phase + b``). Both passes are then linear combinations of long contiguous
-    runs (:func:`_combine`): whole staged rows along the height, and along the
-    width, per tile row, the runs of all tile columns of one phase."""
-    channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    ``l*phase + b``; :func:`fastconv.columns.stage_rows`). Both passes are then
+    linear combinations of long contiguous runs (:func:`_combine`): whole staged
+    rows along the height, and along the width, per tile row, the runs of all
+    tile columns of one phase."""
     alpha, size = bt.shape
     group, tiles, stride = c1 - c0, v.shape[1], v.shape[2]
     nb = tiles // (th * tw)
     phase = tw + (size - 1) // m  # tile columns of a phase: b + l // m for b < tw, l < size
     rows, pitch = th * m + size - m, m * phase * group  # the band's padded rows, one staged row
-    inner = max(0, min(wd, m * phase - pl))  # image columns inside the band
-    ugroup, uhw = np.uint64(group), np.uint64(h * wd)
-    xf, vf = x.ravel(), v.ravel()
+    vf = v.ravel()
     starts = np.empty(size, np.int64)
     coefs = np.empty(size, x.dtype)
     row_offsets = np.arange(size) * pitch
@@ -226,25 +218,7 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
     cols = np.empty(alpha * pitch, x.dtype)  # one tile row's column pass: cols[i, l, b, c]
     inside = True
     for k in range(nb):
-        for r in range(rows):
-            row = a0 * m + r - pt
-            at = r * pitch
-            if row < 0 or row >= h:
-                _zero(staged, at, at + pitch)
-                continue
-            # channels innermost: contiguous writes, reads one plane apart
-            src = (((n0 + k) * channels + c0) * h + row) * wd
-            for b in range(phase):
-                for l in range(m):
-                    d = np.uint64(at + (l * phase + b) * group)
-                    col = b * m + l - pl
-                    if 0 <= col < inner:
-                        e = np.uint64(src + col)
-                        for c in range(ugroup):
-                            staged[d + c] = xf[e + c * uhw]
-                    else:
-                        for c in range(ugroup):
-                            staged[d + c] = 0
+        stage_rows(x, n0 + k, c0, group, a0 * m, rows, pt, pl, m, phase, staged)
         inside &= _within(staged, limit)
         for a in range(th):
             # column pass cols[i] = sum_r B^T[i, r] staged[a*m + r], then row pass

@@ -198,21 +198,37 @@ def window_weight(w):
 
 
 @serial_kernel
-def _stage(x, n, stage, pt, pl):
-    """stage[pt + a, pl + b, c] = x[n, c, a, b], zero around the image."""
-    hb, wb, channels = stage.shape
-    h, w = x.shape[2], x.shape[3]
-    for a in range(hb):
-        dst = stage[a]
-        if a < pt or a >= pt + h:
-            dst[:] = 0
+def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
+    """Rows ``first <= r < first + rows`` of image n's padded plane (zero outside
+    the image), channels ``c0 <= c < c0 + group`` innermost, columns in phase
+    order: padded column ``b*m + l`` (b < phase, l < m) of row r at
+    ``staged[((r - first)*m*phase + l*phase + b)*group + c]``. With m = 1 the
+    columns keep their order."""
+    channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    pitch = m * phase * group
+    inner = max(0, min(wd, m * phase - pl))  # image columns inside the band
+    ugroup, uhw = np.uint64(group), np.uint64(h * wd)
+    xf = x.ravel()
+    for r in range(rows):
+        row = first + r - pt
+        at = r * pitch
+        if row < 0 or row >= h:
+            for d in range(np.uint64(at), np.uint64(at + pitch)):
+                staged[d] = 0
             continue
-        dst[:pl] = 0
-        dst[pl + w:] = 0
-        for c in range(channels):
-            src = x[n, c, a - pt]
-            for b in range(w):
-                dst[pl + b, c] = src[b]
+        # channels innermost: contiguous writes, reads one plane apart
+        src = ((n * channels + c0) * h + row) * wd
+        for b in range(phase):
+            for l in range(m):
+                d = np.uint64(at + (l * phase + b) * group)
+                col = b * m + l - pl
+                if 0 <= col < inner:
+                    e = np.uint64(src + col)
+                    for c in range(ugroup):
+                        staged[d + c] = xf[e + c * uhw]
+                else:
+                    for c in range(ugroup):
+                        staged[d + c] = 0
 
 
 @serial_kernel
@@ -247,8 +263,9 @@ def windows_serial(x, i0, i1, stage, out, groups, kh, kw, sh, sw, dh, dw, pt, pl
     matrix transposed, channels innermost. Each image is staged once in ``stage``
     (see :func:`window_stages`) so that every window row copies runs of C/groups
     contiguous values."""
+    hb, wb, channels = stage.shape
     for m in range(i1 - i0):
-        _stage(x, i0 + m, stage, pt, pl)
+        stage_rows(x, i0 + m, 0, channels, 0, hb, pt, pl, 1, wb, stage.ravel())
         _window_runs(stage, out, m, True, groups, kh, kw, sh, sw, dh, dw, oh, ow)
 
 
