@@ -69,7 +69,8 @@ def _campaign(opts, root, shapes):
     firsts = opts.first.split(",")
     if not set(firsts) <= {"numpy", "fastconv"}:
         raise SystemExit(f"--first takes numpy, fastconv or both, got {opts.first}")
-    variants = [(m, f) for m in opts.methods.split(",") for f in firsts]
+    methods = opts.methods.split(",")
+    variants = [(m, f) for m in methods for f in firsts]
     best = {}
     for r in range(opts.rounds):
         for name in names:
@@ -90,8 +91,8 @@ def _campaign(opts, root, shapes):
         if ("fastconv", first) in times and ("torch", first) in times and len(firsts) == 1:
             ratios.append(times["torch", first] / times["fastconv", first])
             line += f"  torch/fastconv {ratios[-1]:.2f}x"
-        elif len(firsts) == 2 and all((opts.methods.split(",")[0], f) in times for f in firsts):
-            m = opts.methods.split(",")[0]
+        elif len(firsts) == 2 and all((methods[0], f) in times for f in firsts):
+            m = methods[0]
             ratios.append(times[m, firsts[1]] / times[m, firsts[0]])
             line += f"  {firsts[1]}-first/{firsts[0]}-first {ratios[-1]:.2f}"
         print(f"{name:26s} {line}")
