@@ -178,14 +178,14 @@ def test_property_grads_match_reference(n, groups, cg, og, h, w, kh, kw, stride,
 
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(2, 3), groups=st.integers(1, 2), cg=st.integers(16, 18), og=st.integers(8, 20),
+@given(n=st.integers(2, 3), groups=st.integers(1, 2), cg=st.integers(32, 34), og=st.integers(8, 20),
        h=st.integers(6, 16), w=st.integers(6, 16), kh=st.integers(1, 5), kw=st.integers(1, 5),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), dtype=st.sampled_from(DTYPES))
 def test_property_wide_channels_match_reference(n, groups, cg, og, h, w, kh, kw, stride, pad, dilation,
                                                 dtype):
-    """16+ channels per group: the shapes whose tasks may gather window rows."""
+    """32+ channels per group: the shapes whose tasks may gather window rows."""
     assume(h + 2 * pad[0] >= dilation[0] * (kh - 1) + 1 and w + 2 * pad[1] >= dilation[1] * (kw - 1) + 1)
     rng = np.random.default_rng(0)
     kwargs = dict(stride=stride, padding=pad, dilation=dilation, groups=groups)
@@ -230,7 +230,7 @@ WINDOW_CASES = {
     "strided": ((4, 32, 15, 13), (24, 32, 3, 3), dict(stride=2, padding=1)),
     "groups_dilated": ((3, 64, 12, 11), (32, 32, 3, 3), dict(stride=(2, 1), padding=(2, 0), dilation=2,
                                                              groups=2)),
-    "5x3_same": ((2, 16, 9, 14), (8, 16, 5, 3), dict(padding="same")),
+    "5x3_same": ((2, 32, 9, 14), (8, 32, 5, 3), dict(padding="same")),
 }
 
 
@@ -262,6 +262,25 @@ def test_window_rows_never_stage_more_than_they_feed():
     copy of its padded input would be 400x the window rows."""
     geom = geometry("test", (10, 10), (3, 3), 1, 1000, 1000)
     assert (geom.oh, geom.ow) == (10, 10)
-    assert columns.window_stages(geom, (2, 16, 10, 10), 1, 2) == (2, 0, 0, 0)
+    assert columns.window_stages(geom, (2, 32, 10, 10), 1, 2) == (2, 0, 0, 0)
     geom = geometry("test", (14, 14), (3, 3), 2, 1, 1)
-    assert columns.window_stages(geom, (2, 16, 14, 14), 1, 2) == (2, 15, 15, 16)
+    assert columns.window_stages(geom, (2, 32, 14, 14), 1, 2) == (2, 15, 15, 32)
+
+
+def test_stride_one_grad_input_without_flipped_weight(rng, monkeypatch):
+    """Stride 1 where the transposed convolution would itself be im2col + GEMM: the
+    column gradients run directly, without flipping the weight, and match."""
+    flips = []
+    original = conv_grad._transposed_weight
+    monkeypatch.setattr(conv_grad, "_transposed_weight", lambda *a: flips.append(1) or original(*a))
+    x_shape, w = (2, 40, 6, 7), random_array(rng, (48, 40, 3, 3), np.float64)
+    g = random_array(rng, (2, 48, 6, 7), np.float64)
+    transposed = conv_grad._transposed_geometry(geometry("test", (6, 7), (3, 3), 1, 1, 1), (6, 7))
+    assert conv_grad.route(g.shape, (40, 48, 3, 3), transposed, 1) == "gemm"
+    assert_matches(fc.conv2d_grad_input(g, w, x_shape, padding=1),
+                   reference.conv2d_grad_input(g, w, x_shape, padding=1))
+    assert not flips
+    big = random_array(rng, (4, 48, 16, 16), np.float64)  # the transposed one is Winograd's
+    assert_matches(fc.conv2d_grad_input(big, w, (4, 40, 16, 16), padding=1),
+                   reference.conv2d_grad_input(big, w, (4, 40, 16, 16), padding=1))
+    assert flips
