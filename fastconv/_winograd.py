@@ -462,13 +462,12 @@ def worthwhile(n, c, o, oh, ow):
 
 def grad_weight_worthwhile(n, c, o, oh, ow):
     """Whether the Winograd weight gradient beats im2col + GEMM on a 3x3
-    stride-1 shape: every thread needs an image and, as every block updates all
-    of dU, F(2x2) tiles for half the larger channel count (measured on a 2-core
+    stride-1 shape: every block of tiles updates all of dU, so each thread
+    needs F(2x2) tiles for half the larger channel count (measured on a 2-core
     AVX2 machine: 1.75x faster at (8, 64, 28, 28), 1.4x at (16, 128, 14, 14);
-    slower at (1, 64, 56, 56) 1.1-1.3x, (8, 256, 7, 7) 1.25x, (16, 512, 7, 7)
-    1.15x, (2, 256, 7, 7) to 512 2.1x, (32, 16, 32, 32) 1.6x)."""
-    threads = thread_count()
-    return n >= threads and min(c, o) >= 32 and _tiles(n, oh, ow, 2) / threads >= max(48, max(c, o) / 2)
+    slower at (8, 256, 7, 7) 1.25x, (16, 512, 7, 7) 1.15x, (2, 256, 7, 7) to
+    512 2.1x, (32, 16, 32, 32) 1.6x)."""
+    return min(c, o) >= 32 and _tiles(n, oh, ow, 2) / thread_count() >= max(48, max(c, o) / 2)
 
 
 def choose(n, c, o, oh, ow, r=3):
