@@ -6,6 +6,7 @@ best median per pair kept; prints torch time / fastconv time per shape.
     python benchmarks/isolated.py conv2d_backward float32 --shapes resnet_1x64x56x56_k3
     python benchmarks/isolated.py conv2d float32 --methods fastconv --first numpy,fastconv   # import order
     python benchmarks/isolated.py conv2d float32 --busy   # with the other core kept busy
+    python benchmarks/isolated.py conv2d float32 --dims "8,64,56,56,128,3,2,1;2,96,40,60,96,5,1,2"
 
 Run it on a quiet machine (benchmark with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 unset where they are set: they slow a current numpy).
@@ -22,7 +23,10 @@ import sys, time, json
 import {first}
 import numpy as np
 sys.path.insert(0, {root!r})
-from benchmarks.common import build
+from benchmarks.common import build, registry
+workloads = registry.OPERATIONS[{args[0]!r}].workloads
+for name, dims in {given!r}.items():  # shapes given with --dims
+    workloads[name] = type(next(iter(workloads.values())))(name, "given on the command line", dims)
 run = build(*{args!r})
 times, stop = [], time.perf_counter() + 3.0
 while len(times) < 30 and (time.perf_counter() < stop or len(times) < 5):
@@ -44,6 +48,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
     parser.add_argument("--shapes", help="comma-separated workload names, or their former names "
                                          "(default: all)")
+    parser.add_argument("--dims", help="shapes of your own instead of the named workloads, separated by "
+                                       "';': N,C,H,W,O,K,stride,padding, and for conv2d ,groups (default 1)")
     parser.add_argument("--methods", default="fastconv,torch", help="default: fastconv,torch")
     parser.add_argument("--first", default="numpy",
                         help="the module each process imports first: numpy, fastconv, or both "
@@ -60,10 +66,20 @@ def main():
 
 
 def _campaign(opts, root, shapes):
-    workloads = shapes[opts.kind]
+    workloads, given = shapes[opts.kind], {}
     former = {w.former: name for name, w in workloads.items()}
     names = [former.get(n, n) for n in opts.shapes.split(",")] if opts.shapes else list(workloads)
-    unknown = [n for n in names if n not in workloads]
+    if opts.dims:
+        for text in opts.dims.split(";"):
+            dims = tuple(int(v) for v in text.split(","))
+            if len(dims) == 8 and opts.kind == "conv2d":
+                dims += (1,)
+            if len(dims) != (9 if opts.kind == "conv2d" else 8):
+                raise SystemExit(f"--dims {text}: expected N,C,H,W,O,K,stride,padding"
+                                 f"{'[,groups]' if opts.kind == 'conv2d' else ''}")
+            given[text] = dims
+        names = list(given)
+    unknown = [n for n in names if n not in workloads and n not in given]
     if unknown:
         raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(workloads)}")
     firsts = opts.first.split(",")
@@ -75,7 +91,8 @@ def _campaign(opts, root, shapes):
     for r in range(opts.rounds):
         for name in names:
             for method, first in variants if r % 2 == 0 else variants[::-1]:
-                code = _CHILD.format(root=root, first=first, args=(opts.kind, name, method, opts.dtype))
+                code = _CHILD.format(root=root, first=first, given=given,
+                                     args=(opts.kind, name, method, opts.dtype))
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
                 if done.returncode:
                     print(f"{name} {method}: skipped ({done.stderr.strip().splitlines()[-1]})")

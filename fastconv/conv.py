@@ -10,9 +10,9 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
 * depthwise / one-channel-per-group convolutions: 3x3 stride 1 from a padded
   copy of each input plane, nine taps in one pass; others (with finite weights)
   a direct kernel (one task per output plane, rows accumulated in cache);
-* 1x1 unpadded, groups=1: ``W (O, C) @ x[n] (C, H*W)`` written straight
-  into the NCHW output, pieces of each image's columns as tasks (strided: on a
-  copy of the pixels the stride reads);
+* 1x1 stride-1 unpadded, groups=1: ``W (O, C) @ x[n] (C, H*W)`` written straight
+  into the NCHW output, pieces of each image's columns as tasks; a strided
+  unpadded 1x1 is a stride-1 one over a copy of the pixels it reads;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
   ``x.reshape(N, -1) @ W.reshape(O, -1).T`` (im2col is a reshape there);
 * 3x3 and 5x5 stride-1 undilated, enough channels per group and tiles per
@@ -36,6 +36,7 @@ from numba import prange
 
 from . import _blas, _winograd, _workspace, reference
 from ._args import (
+    Geometry,
     accepts_dask,
     as_array,
     check_bias,
@@ -476,6 +477,14 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, o
     return convolve_into(contiguous(x, dtype), contiguous(weight, dtype), b, geom, groups, result)
 
 
+def reads_subsample(geom):
+    """Whether the window is an unpadded, strided 1x1: it reads only the pixels
+    ``x[:, :, ::sh, ::sw]``, and is a stride-1 1x1 over a copy of them (measured:
+    1.04-1.7x faster than im2col columns of x)."""
+    g = geom
+    return (g.kh, g.kw) == (1, 1) and g.pt == g.pb == g.pl == g.pr == 0 and (g.sh, g.sw) != (1, 1)
+
+
 def route(x_shape, w_shape, geom, groups):
     """The kernel :func:`convolve_into` takes for these shapes: "small", "depthwise_3x3",
     "direct", "pointwise", "whole_window", "winograd" or "gemm" (im2col + GEMM).
@@ -516,6 +525,9 @@ def convolve_into(x, w, bias, geom, groups, result):
         result[...] = b[:, None, None]
         return result
     g = geom
+    if reads_subsample(g):
+        return convolve_into(np.ascontiguousarray(x[:, :, ::g.sh, ::g.sw]), w, bias,
+                             Geometry(1, 1, 1, 1, 1, 1, 0, 0, 0, 0, g.oh, g.ow), groups, result)
     macs = result.size * cg * kh * kw
     kind = route(x.shape, w.shape, g, groups)
     if kind == "small":
@@ -528,8 +540,6 @@ def convolve_into(x, w, bias, geom, groups, result):
         _direct(x, w, b, result, groups, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
                 _column_ranges(g, x.shape[3]), work=macs)
     elif kind == "pointwise":
-        if (g.sh, g.sw) != (1, 1):  # the pixels a strided 1x1 reads, copied once (1.04-1.7x faster)
-            x = np.ascontiguousarray(x[:, :, ::g.sh, ::g.sw])
         out3 = result.reshape(n, o, -1)
         _pointwise(w.reshape(o, c), x.reshape(n, c, -1), out3)
         if has_bias:

@@ -49,7 +49,7 @@ from .columns import (
     window_weight,
     windows_serial,
 )
-from .conv import convolve_into, route
+from .conv import convolve_into, reads_subsample, route
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 
@@ -197,27 +197,34 @@ def _grad_input_tasks(addr, go, w2, dx, cols, grads, stage, chunk, groups, kh, k
 def _sum_partials(partials, dW, windowed):
     """dW (O, C/groups, KH, KW) = the sum over threads of :func:`_grad_weight_tasks`'
     partials (threads, groups, O/groups, Rg) with taps ordered (KH, KW, C/groups)
-    where ``windowed``, else (threads, groups, Rg, O/groups) in OIHW tap order."""
+    where ``windowed``, else (threads, groups, Rg, O/groups) in OIHW tap order,
+    read along their rows for a block of 16 filters at a time (reading one
+    filter's column ran 6x slower)."""
     threads, groups = partials.shape[:2]
     o, cg, kh, kw = dW.shape
     og, taps = o // groups, kh * kw
-    for task in prange(o):
-        g = task // og
-        k = task - g * og
-        row = dW[task].reshape(cg * taps)
+    flat = dW.reshape(o, cg * taps)
+    for block in prange(-(-o // 16)):
+        first, stop = block * 16, min(o, block * 16 + 16)
         if windowed:
-            for tap in range(taps):
-                for c in range(cg):
-                    total = partials[0, g, k, tap * cg + c]
-                    for t in range(1, threads):
-                        total += partials[t, g, k, tap * cg + c]
-                    row[c * taps + tap] = total
+            for task in range(first, stop):
+                g = task // og
+                k = task - g * og
+                for tap in range(taps):
+                    for c in range(cg):
+                        total = partials[0, g, k, tap * cg + c]
+                        for t in range(1, threads):
+                            total += partials[t, g, k, tap * cg + c]
+                        flat[task, c * taps + tap] = total
         else:
             for r in range(cg * taps):
-                total = partials[0, g, r, k]
-                for t in range(1, threads):
-                    total += partials[t, g, r, k]
-                row[r] = total
+                for task in range(first, stop):
+                    g = task // og
+                    k = task - g * og
+                    total = partials[0, g, r, k]
+                    for t in range(1, threads):
+                        total += partials[t, g, r, k]
+                    flat[task, r] = total
 
 
 def _image_tasks(x_shape, o, geom, groups, dtype, reordered_weight=0):
@@ -350,6 +357,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
         return dx
     go, w = contiguous(grad_out, dtype), contiguous(weight, dtype)
     g = geom
+    if reads_subsample(g):
+        dx[...] = 0
+        dx[:, :, ::g.sh, ::g.sw] = conv2d_grad_input(go, w, (n, c, g.oh, g.ow), groups=groups)
+        return dx
     transposed = _transposed_geometry(g, shape[2:])
     # where the transposed convolution would be im2col + GEMM too, the column
     # gradients below skip reordering the weight; it also would multiply zero
@@ -423,6 +434,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
     if not uses_kernel(dtype):
         return reference.conv2d_grad_weight(x, grad_out, shape, stride=stride, padding=padding,
                                             dilation=dilation, groups=groups)
+    if reads_subsample(geom):
+        return conv2d_grad_weight(x[:, :, ::geom.sh, ::geom.sw], grad_out, shape, groups=groups)
     dW = np.zeros(shape, dtype)
     if not dW.size or not x.size:
         return dW

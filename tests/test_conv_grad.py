@@ -284,3 +284,22 @@ def test_stride_one_grad_input_without_flipped_weight(rng, monkeypatch):
     assert_matches(fc.conv2d_grad_input(big, w, (4, 40, 16, 16), padding=1),
                    reference.conv2d_grad_input(big, w, (4, 40, 16, 16), padding=1))
     assert flips
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_strided_1x1_reads_a_subsample(groups, rng):
+    """An unpadded strided 1x1 runs as a stride-1 1x1 on the pixels it reads: the
+    forward and both gradients match, NaN in the pixels read or skipped included."""
+    kw = dict(stride=(2, 3), groups=groups)
+    x = random_array(rng, (3, 12, 11, 10), np.float64)
+    w = random_array(rng, (9, 12 // groups, 1, 1), np.float64)
+    x[0, 1, 2, 3] = x[1, 2, 1, 1] = np.nan  # read (2, 3) and skipped (1, 1)
+    g = random_array(rng, (3, 9, 6, 4), np.float64)
+    pairs = [(fc.conv2d(x, w, **kw), reference.conv2d(x, w, **kw)),
+             (fc.conv2d_grad_input(g, w, x.shape, **kw), reference.conv2d_grad_input(g, w, x.shape, **kw)),
+             (fc.conv2d_grad_weight(x, g, w.shape, **kw), reference.conv2d_grad_weight(x, g, w.shape, **kw))]
+    for actual, expected in pairs:
+        assert actual.shape == expected.shape
+        np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+        assert_matches(np.nan_to_num(actual), np.nan_to_num(expected))
+    assert np.isnan(pairs[0][1]).any() and np.isnan(pairs[2][1]).any()
