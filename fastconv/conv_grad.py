@@ -257,31 +257,25 @@ def _transposed_geometry(geom, input_hw):
 
 @kernel
 def _flipped_transpose(w4, out):
-    """out[g, c, o, t] = w4[g, o, c, T - 1 - t] for w4 (groups, O/g, C/g, T taps);
-    returns how many weights are NaN or Inf."""
+    """out[g, c, o, t] = w4[g, o, c, T - 1 - t] for w4 (groups, O/g, C/g, T taps)."""
     groups, og, cg, taps = w4.shape
-    non_finite = 0
     for task in prange(groups * cg):
         g = task // cg
         c = task - g * cg
         for o in range(og):
-            src, dst = w4[g, o, c], out[g, c, o]
             for t in range(taps):
-                value = src[taps - 1 - t]
-                dst[t] = value
-                if not np.isfinite(value):
-                    non_finite += 1
-    return non_finite
+                out[g, c, o, t] = w4[g, o, c, taps - 1 - t]
 
 
 def _transposed_weight(w, groups):
     """(O, C/g, KH, KW) -> (C, O/g, KH, KW): per group, in and out swapped, taps
-    flipped (2-3x faster than NumPy's copy through negative strides); None where
+    flipped (2x faster than NumPy's copy through negative strides); None where
     a weight is NaN or Inf."""
+    if not np.isfinite(w).all():
+        return None
     o, cg, kh, kw = w.shape
     out = np.empty((groups, cg, o // groups, kh * kw), w.dtype)
-    if _flipped_transpose(w.reshape(groups, o // groups, cg, kh * kw), out, work=w.size):
-        return None
+    _flipped_transpose(w.reshape(groups, o // groups, cg, kh * kw), out, work=2 * w.size)
     return out.reshape(groups * cg, o // groups, kh, kw)
 
 
