@@ -76,8 +76,18 @@ def _task_threads(threads):
 
 def _run(func, threads, *args, **kwargs):
     """One task: ``func(*args, **kwargs)`` on in-memory blocks, under :func:`_task_threads`."""
+    args = [_one_block(arg) for arg in args]
     with _task_threads(threads):
         return func(*args, **kwargs)
+
+
+def _one_block(value):
+    """The block of an argument whose indices absent from the output are single-chunk:
+    blockwise passes it in one-element lists, one level per such index (concatenating
+    them instead would copy every block)."""
+    while isinstance(value, list):
+        (value,) = value
+    return value
 
 
 def _map(func, out_ind, *arrays_and_indices, dtype, **kwargs):
@@ -86,7 +96,7 @@ def _map(func, out_ind, *arrays_and_indices, dtype, **kwargs):
     single-chunk (their one block is passed whole)."""
     meta = np.empty((0,) * len(out_ind), dtype)
     return da.blockwise(_run, out_ind, func, None, thread_count(), None, *arrays_and_indices,
-                        concatenate=True, meta=meta, **kwargs)
+                        concatenate=False, meta=meta, **kwargs)
 
 
 # ---------------------------------------------------------------- arguments

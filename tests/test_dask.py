@@ -284,3 +284,25 @@ def test_einsum(subscripts, shapes, chunks):
     operands = [random_array(rng, shape) for shape in shapes]
     lazy = fc.einsum(subscripts, *(da.from_array(a, chunks=c) for a, c in zip(operands, chunks)))
     compare(lazy, np.einsum(subscripts, *operands))
+
+
+def test_tasks_get_the_blocks_themselves(rng, monkeypatch):
+    """A task receives its input block as dask holds it, not a copy (blockwise's
+    concatenation of single-chunk indices would copy every block)."""
+    x = random_array(rng, (6, 4, 9, 9), np.float32)
+    w = random_array(rng, (5, 4, 3, 3), np.float32)
+    seen = []
+    original = fc.conv.conv2d
+
+    def recording(data, *args, **kwargs):
+        if data.shape[0]:
+            seen.append(np.shares_memory(data, x))
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(fc.conv, "conv2d", recording)
+    views = [dask.delayed(lambda i: x[i:i + 2])(i) for i in range(0, 6, 2)]  # blocks viewing x
+    lazy = da.concatenate([da.from_delayed(v, (2, 4, 9, 9), x.dtype) for v in views])
+    with dask.config.set(scheduler="sync"):
+        result = fc.conv2d(lazy, w, padding=1).compute()
+    assert_matches(result, fc.reference.conv2d(x, w, padding=1))
+    assert seen == [True, True, True]
