@@ -47,7 +47,7 @@ from ._args import (
     output,
     uses_kernel,
 )
-from ._blas import gemm
+from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
 from .columns import (
     chunk_views,
@@ -223,27 +223,32 @@ def _unmerge(tmp, out, b, start):
 
 
 @kernel
-def _pointwise_tasks(addr, w2, x3, out3, pieces):
-    """out3[n] = w2 @ x3[n], each image's columns in ``pieces`` tasks of single-threaded GEMMs."""
+def _pointwise_tasks(addr, w2, x3, out3, pieces, transposed):
+    """out3[n] = op(w2) @ x3[n], each image's columns in ``pieces`` tasks of
+    single-threaded GEMMs; op(w2) is w2.T where ``transposed``."""
     n, p = x3.shape[0], x3.shape[2]
     for task in prange(n * pieces):
         i = task // pieces
         j = task - i * pieces
         p0, p1 = j * p // pieces, (j + 1) * p // pieces
-        gemm(addr, w2, x3[i, :, p0:p1], out3[i, :, p0:p1], False, 0.0)
+        if transposed:
+            gemm_at(addr, w2, x3[i, :, p0:p1], out3[i, :, p0:p1], 0.0)
+        else:
+            gemm(addr, w2, x3[i, :, p0:p1], out3[i, :, p0:p1], False, 0.0)
 
 
-def _pointwise(w2, x3, out3):
-    """out3[n] = w2 (O, C) @ x3[n] (C, P) for every image: one single-threaded GEMM per
-    task on numba's pool where a BLAS is callable from kernels, else one batched matmul."""
+def pointwise(w2, x3, out3, transposed=False):
+    """out3[n] = w2 (O, C) @ x3[n] (C, P) for every image, or w2.T @ x3[n] for w2
+    (C, O) where ``transposed``: one single-threaded GEMM per task on numba's pool
+    where a BLAS is callable from kernels, else one batched matmul."""
     addr = _blas.address(out3.dtype)
     if addr is None:
-        np.matmul(w2, x3, out=out3)
+        np.matmul(w2.T if transposed else w2, x3, out=out3)
         return
     threads = thread_count()
     pieces = min(x3.shape[2], -(-2 * threads // x3.shape[0]))  # >= two tasks a thread
     with _blas.one_thread():
-        _pointwise_tasks(addr, w2, x3, out3, pieces, work=out3.size * w2.shape[1])
+        _pointwise_tasks(addr, w2, x3, out3, pieces, transposed, work=out3.size * x3.shape[1])
 
 
 def _gemm_path(x, w, b, result, geom, groups, has_bias):
@@ -541,7 +546,7 @@ def convolve_into(x, w, bias, geom, groups, result):
                 _column_ranges(g, x.shape[3]), work=macs)
     elif kind == "pointwise":
         out3 = result.reshape(n, o, -1)
-        _pointwise(w.reshape(o, c), x.reshape(n, c, -1), out3)
+        pointwise(w.reshape(o, c), x.reshape(n, c, -1), out3)
         if has_bias:
             _add_bias(out3, b, work=result.size)
     elif kind == "whole_window":

@@ -2,7 +2,8 @@
 
 * grad_input is a transposed convolution. With stride 1 (and finite weights) it
   is a plain convolution of grad_out with the flipped, transposed weight, so it
-  runs through conv2d's own kernels (Winograd for 3x3, depthwise, 1x1 GEMM, ...).
+  runs through conv2d's own kernels (Winograd for 3x3, depthwise, ...); an
+  unpadded 1x1 is ``Wᵀ @ grad_out[n]`` per image, the GEMM transposing W.
   Otherwise, per chunk of images with their grad_out planes side by side (one
   wide GEMM, not a narrow one per image), ``Wᵀ · grad_out`` (one GEMM per group)
   gives the column gradients, which col2im scatters back into the chunk's images.
@@ -49,7 +50,7 @@ from .columns import (
     window_weight,
     windows_serial,
 )
-from .conv import convolve_into, reads_subsample, route
+from .conv import convolve_into, pointwise, reads_subsample, route
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 
@@ -360,7 +361,11 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
     # gradients below skip reordering the weight; it also would multiply zero
     # padding by a NaN or Inf weight
     flipped_shape = (c, o // groups, g.kh, g.kw)
-    if transposed is not None and route(go.shape, flipped_shape, transposed, groups) != "gemm":
+    kind = route(go.shape, flipped_shape, transposed, groups) if transposed is not None else "gemm"
+    if kind == "pointwise":  # dx[n] = Wᵀ (C, O) @ grad_out[n] (O, P): BLAS transposes W
+        pointwise(w.reshape(o, c), go.reshape(n, o, -1), dx.reshape(n, c, -1), transposed=True)
+        return dx
+    if kind != "gemm":
         flipped = _transposed_weight(w, groups)
         if flipped is not None:
             return convolve_into(go, flipped, None, transposed, groups, dx)

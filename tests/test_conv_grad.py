@@ -303,3 +303,20 @@ def test_strided_1x1_reads_a_subsample(groups, rng):
         np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
         assert_matches(np.nan_to_num(actual), np.nan_to_num(expected))
     assert np.isnan(pairs[0][1]).any() and np.isnan(pairs[2][1]).any()
+
+
+def test_pointwise_grad_input_transposes_in_blas(rng, monkeypatch):
+    """A 1x1 stride-1 grad_input is Wᵀ @ grad_out per image, W transposed by the
+    GEMM itself; a NaN weight spreads over its input channel as in the reference."""
+    calls = []
+    original = conv_grad.pointwise
+    monkeypatch.setattr(conv_grad, "pointwise", lambda *a, **k: calls.append(k) or original(*a, **k))
+    w = random_array(rng, (48, 40, 1, 1), np.float32)
+    w[3, 5] = np.nan
+    g = random_array(rng, (3, 48, 12, 11), np.float32)
+    actual = fc.conv2d_grad_input(g, w, (3, 40, 12, 11))
+    expected = reference.conv2d_grad_input(g, w, (3, 40, 12, 11))
+    assert calls == [{"transposed": True}]
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    assert np.isnan(expected[:, 5]).all()
+    assert_matches(np.nan_to_num(actual), np.nan_to_num(expected))
