@@ -451,13 +451,18 @@ def handles(geom):
 
 def worthwhile(n, c, o, oh, ow):
     """Whether Winograd beats im2col + GEMM on a 3x3 stride-1 shape (a 5x5 one
-    saves more: the same rule serves it). The
-    transforms cost a fixed overhead per channel and every block of tiles reads
-    all of U, so each thread needs enough tiles (measured, F(2x2) tiles per
-    thread: (4, 256, 14, 14) with 98 ran 1.35x faster than im2col + GEMM,
-    (16, 512, 7, 7) with 128 1.1x faster, (4, 512, 7, 7) with 32 1.9x slower)."""
-    per_thread = _tiles(n, oh, ow, 2) / thread_count()
-    return min(c, o) >= 32 and per_thread >= max(48, max(c, o) / 4)
+    saves more: the same rule serves it). The transforms cost a fixed overhead
+    per channel and every block of tiles reads all of U, so each thread needs
+    enough tiles (measured, F(2x2) tiles per thread: (4, 256, 14, 14) with 98
+    ran 1.35x faster than im2col + GEMM, (16, 512, 7, 7) with 128 1.1x faster,
+    (4, 512, 7, 7) with 32 1.9x slower). 16 to 31 channels need an image per
+    thread too (1.1-1.5x faster at (32, 16, 32, 32) -> 32, (8, 16, 64, 64) -> 16
+    and (2, 16, 112, 112) -> 32; 1.3x slower at (1, 16, 56, 56) -> 16); fewer
+    than 16 lose (8x8 and 3x3 channels 0.4-1.0x)."""
+    threads = thread_count()
+    if min(c, o) < 16 or (min(c, o) < 32 and n < threads):
+        return False
+    return _tiles(n, oh, ow, 2) / threads >= max(48, max(c, o) / 4)
 
 
 def grad_weight_worthwhile(n, c, o, oh, ow):
