@@ -427,7 +427,7 @@ def _weight_transform(w, g, u, pieces):
 WEIGHT_PIECE = 2048
 #: Bytes of V and M per block of tiles in the fused schedule: a thread's block
 #: stays in its core's cache from the input transform to the output transform
-#: ((8, 64, 56, 56): 3.0 ms at 1 MB blocks, 3.3 ms at 4 MB, on 2 MB of L2 a core).
+#: ((8, 64, 56, 56): 3.0 ms at 1 MB blocks, 3.3 ms at 4 MB, on 1 MB of L2 a core).
 BLOCK_BYTES = 1 << 20
 #: Most bytes of V and M per block, however many channels.
 MAX_BLOCK_BYTES = 16 << 20

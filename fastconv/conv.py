@@ -69,7 +69,7 @@ _SMALL_MACS = 1 << 18
 _MERGE_PLANE = 4096
 #: Stacked form: size of one chunk's column buffer (bytes), L2/L3 resident between
 #: im2col and GEMM (measured on the 7x7 stride-2 stem: twice the L2 beat 8 MB by
-#: 1.25x on 512 KB of L2 and 2-4 MB beat 8 MB on 2 MB of L2).
+#: 1.25x on 512 KB of L2 and 2-4 MB beat 8 MB on 1 MB of L2).
 _BAND_BYTES = 2 * _workspace.CHUNK_BYTES
 
 
