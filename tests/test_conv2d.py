@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import _blas, _workspace, conv, reference
+from fastconv._args import geometry
 
 from cases import CONV2D_CASES as CASES
 from conftest import DTYPES, assert_matches, layouts, random_array
@@ -297,3 +298,15 @@ def test_large_gemm_path(dtype, groups, rng):
     x, w, b = _arrays(rng, case, dtype)
     assert_matches(fc.conv2d(x, w, b, padding=1, groups=groups),
                    reference.conv2d(x, w, b, padding=1, groups=groups))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_pointwise_tasks_split_channels_of_small_planes(n, rng):
+    """A 1x1 convolution of few images with small planes splits each image's output
+    channels among the tasks (unevenly here: 97 channels), forward and grad_input."""
+    x = random_array(rng, (n, 64, 7, 7), np.float32)
+    w = random_array(rng, (97, 64, 1, 1), np.float32)
+    g = random_array(rng, (n, 97, 7, 7), np.float32)
+    assert conv.route(x.shape, w.shape, geometry("t", (7, 7), (1, 1), 1, 0, 1), 1) == "pointwise"
+    assert_matches(fc.conv2d(x, w), reference.conv2d(x, w))
+    assert_matches(fc.conv2d_grad_input(g, w, x.shape), reference.conv2d_grad_input(g, w, x.shape))
