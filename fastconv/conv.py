@@ -11,7 +11,8 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
   copy of each input plane, nine taps in one pass; others (with finite weights)
   a direct kernel (one task per output plane, rows accumulated in cache);
 * 1x1 stride-1 unpadded, groups=1: ``W (O, C) @ x[n] (C, H*W)`` written straight
-  into the NCHW output, pieces of each image's columns as tasks; a strided
+  into the NCHW output, pieces of each image's columns (or, for small planes,
+  of its output channels) as tasks; a strided
   unpadded 1x1 is a stride-1 one over a copy of the pixels it reads;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
   ``x.reshape(N, -1) @ W.reshape(O, -1).T`` (im2col is a reshape there);
