@@ -98,6 +98,7 @@ def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, rng, monkeypa
     original = conv._merged_tasks
     monkeypatch.setattr(conv, "_merged_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
     if schedule == "matmul":
         monkeypatch.setattr(_blas, "address", lambda dtype: None)
     x = random_array(rng, (5, 16, 21, 19), np.float32)

@@ -39,6 +39,7 @@ def test_grads_match_reference(name, dtype, rng):
 def test_grads_in_one_image_chunks(name, rng, monkeypatch):
     """The GEMM + col2im / im2col + GEMM paths over several chunks of images."""
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
     x, w, grad_out, kw = _setup(rng, name, np.float64)
     assert_matches(fc.conv2d_grad_input(grad_out, w, x.shape, **kw),
                    reference.conv2d_grad_input(grad_out, w, x.shape, **kw))
@@ -212,6 +213,7 @@ def test_strided_gradient_schedules(schedule, groups, chunk_bytes, rng, monkeypa
         monkeypatch.setattr(conv_grad, name,
                             lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
     if schedule == "matmul":
         monkeypatch.setattr(_blas, "address", lambda dtype: None)
     x = random_array(rng, (5, 16, 15, 13), np.float64)

@@ -286,6 +286,19 @@ def test_a_positional_stride_is_explained():
         fc.conv2d(x, w, np.ones(3))
 
 
+def test_chunks_hold_enough_pixels_for_the_gemm(monkeypatch):
+    """Images per chunk: as many as the cache budget holds, but at least
+    MIN_CHUNK_PIXELS output pixels (small planes take several images), never more
+    than a thread's share."""
+    from fastconv import _workspace
+
+    monkeypatch.setattr(_workspace, "CHUNK_BYTES", 1 << 20)
+    assert _workspace.images_per_chunk(32, 1 << 20, 2, pixels=49) == -(-_workspace.MIN_CHUNK_PIXELS // 49)
+    assert _workspace.images_per_chunk(32, 1 << 20, 2, pixels=4096) == 1
+    assert _workspace.images_per_chunk(32, 1 << 16, 2, pixels=49) == 16
+    assert _workspace.images_per_chunk(3, 1 << 20, 2, pixels=1) == 2
+
+
 def test_scratch_is_bounded_and_never_shared_by_two_holders():
     """Kernel scratch: arrays carved from one buffer don't overlap, a nested or
     concurrent holder gets memory of its own, and what is kept stays under LIMIT."""
