@@ -256,28 +256,15 @@ def _transposed_geometry(geom, input_hw):
     return Geometry(g.kh, g.kw, 1, 1, g.dh, g.dw, *pads, *input_hw)
 
 
-@kernel
-def _flipped_transpose(w4, out):
-    """out[g, c, o, t] = w4[g, o, c, T - 1 - t] for w4 (groups, O/g, C/g, T taps)."""
-    groups, og, cg, taps = w4.shape
-    for task in prange(groups * cg):
-        g = task // cg
-        c = task - g * cg
-        for o in range(og):
-            for t in range(taps):
-                out[g, c, o, t] = w4[g, o, c, taps - 1 - t]
-
-
 def _transposed_weight(w, groups):
     """(O, C/g, KH, KW) -> (C, O/g, KH, KW): per group, in and out swapped, taps
-    flipped (2x faster than NumPy's copy through negative strides); None where
-    a weight is NaN or Inf."""
+    flipped; None where a weight is NaN or Inf. (A numba copy kernel measured
+    1.3-1.4x slower at 64-128 channels and 1.1-1.3x faster at 512x256 here.)"""
     if not np.isfinite(w).all():
         return None
     o, cg, kh, kw = w.shape
-    out = np.empty((groups, cg, o // groups, kh * kw), w.dtype)
-    _flipped_transpose(w.reshape(groups, o // groups, cg, kh * kw), out, work=2 * w.size)
-    return out.reshape(groups * cg, o // groups, kh, kw)
+    w5 = w.reshape(groups, o // groups, cg, kh, kw)[..., ::-1, ::-1]
+    return np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(groups * cg, o // groups, kh, kw)
 
 
 def _check_grad_out(func, grad_out, expected):
