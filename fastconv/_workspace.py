@@ -46,7 +46,7 @@ _kept = {}
 MIN_CHUNK_PIXELS = 256
 
 
-def images_per_chunk(n, per_image, parts=1, pixels=MIN_CHUNK_PIXELS):
+def images_per_chunk(n, per_image, pixels, parts=1):
     """Images per chunk of ``n`` (each ``per_image`` bytes of columns and results,
     ``pixels`` output pixels): as many as fit :data:`CHUNK_BYTES`, but at least
     :data:`MIN_CHUNK_PIXELS` pixels' worth, at most an even share of ``parts``

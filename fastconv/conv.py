@@ -334,7 +334,7 @@ def _gemm_merged(x, w, b, result, geom, groups):
     out3 = result.reshape(n, o, ohw)
     addr, threads = _blas.address(x.dtype), thread_count()
     if addr is not None and n >= threads:
-        chunk = _workspace.images_per_chunk(n, per_image, threads, ohw)
+        chunk = _workspace.images_per_chunk(n, per_image, ohw, threads)
         stages = window_stages(geom, x.shape, groups, threads, reordered_weight=o)
         if stages[1]:
             w2 = window_weight(w)
@@ -343,7 +343,7 @@ def _gemm_merged(x, w, b, result, geom, groups):
             _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, chunk, groups, *geom.taps, geom.oh,
                           geom.ow, work=result.size * rg)
         return
-    chunk = _workspace.images_per_chunk(n, per_image, pixels=ohw)
+    chunk = _workspace.images_per_chunk(n, per_image, ohw)
     with _workspace.scratch(x.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as (cols_buffer, tmp_buffer):
         for start in range(0, n, chunk):
             width = (min(n, start + chunk) - start) * ohw

@@ -240,7 +240,7 @@ def _image_tasks(x_shape, o, geom, groups, dtype, reordered_weight=0):
         return None
     g = geom
     per_image = (c * g.kh * g.kw + o) * g.oh * g.ow * np.dtype(dtype).itemsize
-    return (addr, threads, _workspace.images_per_chunk(n, per_image, threads, g.oh * g.ow),
+    return (addr, threads, _workspace.images_per_chunk(n, per_image, g.oh * g.ow, threads),
             window_stages(g, x_shape, groups, threads, reordered_weight))
 
 
@@ -279,7 +279,7 @@ def _image_chunks(grad_out, rows):
     an empty (rows, n*OH*OW) view and ``grads`` the chunk's grad_out as (O, n*OH*OW)."""
     n, o = grad_out.shape[:2]
     ohw = grad_out.shape[2] * grad_out.shape[3]
-    chunk = _workspace.images_per_chunk(n, (rows + o) * ohw * grad_out.itemsize, pixels=ohw)
+    chunk = _workspace.images_per_chunk(n, (rows + o) * ohw * grad_out.itemsize, ohw)
     with _workspace.scratch(grad_out.dtype, (rows * chunk * ohw,), (o * chunk * ohw,)) as buffers:
         cols_buffer, grad_buffer = buffers
         for start in range(0, n, chunk):

@@ -293,10 +293,10 @@ def test_chunks_hold_enough_pixels_for_the_gemm(monkeypatch):
     from fastconv import _workspace
 
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", 1 << 20)
-    assert _workspace.images_per_chunk(32, 1 << 20, 2, pixels=49) == -(-_workspace.MIN_CHUNK_PIXELS // 49)
-    assert _workspace.images_per_chunk(32, 1 << 20, 2, pixels=4096) == 1
-    assert _workspace.images_per_chunk(32, 1 << 16, 2, pixels=49) == 16
-    assert _workspace.images_per_chunk(3, 1 << 20, 2, pixels=1) == 2
+    assert _workspace.images_per_chunk(32, 1 << 20, 49, 2) == -(-_workspace.MIN_CHUNK_PIXELS // 49)
+    assert _workspace.images_per_chunk(32, 1 << 20, 4096, 2) == 1
+    assert _workspace.images_per_chunk(32, 1 << 16, 49, 2) == 16
+    assert _workspace.images_per_chunk(3, 1 << 20, 1, 2) == 2
 
 
 def test_scratch_is_bounded_and_never_shared_by_two_holders():
