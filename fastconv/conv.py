@@ -11,9 +11,9 @@ cores during a call; otherwise they are NumPy matmuls between parallel kernels.
   copy of each input plane, nine taps in one pass; others (with finite weights)
   a direct kernel (one task per output plane, rows accumulated in cache);
 * 1x1 stride-1 unpadded, groups=1: ``W (O, C) @ x[n] (C, H*W)`` written straight
-  into the NCHW output, pieces of each image's columns (or, for small planes,
-  of its output channels) as tasks; a strided
-  unpadded 1x1 is a stride-1 one over a copy of the pixels it reads;
+  into the NCHW output, pieces of each image's columns (or, for small planes, of
+  its output channels) as tasks; a strided unpadded 1x1 is a stride-1 one over a
+  copy of the pixels it reads;
 * a window that covers the whole unpadded input (output 1x1), groups=1:
   ``x.reshape(N, -1) @ W.reshape(O, -1).T`` (im2col is a reshape there);
 * 3x3 and 5x5 stride-1 undilated, enough channels per group and tiles per
@@ -234,15 +234,17 @@ def _pointwise_tasks(addr, w2, x3, out3, pieces, by_rows, transposed):
         i = task // pieces
         j = task - i * pieces
         s0, s1 = j * size // pieces, (j + 1) * size // pieces
-        if by_rows:
-            if transposed:
-                gemm_at(addr, w2[:, s0:s1], x3[i], out3[i, s0:s1], 0.0)
-            else:
-                gemm(addr, w2[s0:s1], x3[i], out3[i, s0:s1], False, 0.0)
+        a, b, c = w2, x3[i], out3[i]
+        if not by_rows:
+            b, c = b[:, s0:s1], c[:, s0:s1]
         elif transposed:
-            gemm_at(addr, w2, x3[i, :, s0:s1], out3[i, :, s0:s1], 0.0)
+            a, c = a[:, s0:s1], c[s0:s1]
         else:
-            gemm(addr, w2, x3[i, :, s0:s1], out3[i, :, s0:s1], False, 0.0)
+            a, c = a[s0:s1], c[s0:s1]
+        if transposed:
+            gemm_at(addr, a, b, c, 0.0)
+        else:
+            gemm(addr, a, b, c, False, 0.0)
 
 
 #: Pixels per task below which a 1x1 convolution's tasks split an image's output
