@@ -64,7 +64,7 @@ def steady_median(call, budget):
     """Median seconds of timed calls after one untimed call: up to 50 timed calls
     within ``budget`` seconds, and at least three unless three would take more than
     ten budgets (then one). A process's first large results land on memory the VM
-    host has not yet backed: here the second 144 MB result still took 1.1 s and
+    host has not yet backed: here the second 720 MB result still took 1.1 s and
     the third 0.04 s, so a single timed call is no steady state.
     Returns (median, first call seconds, result of the first call)."""
     first, result = _timed(call)
