@@ -51,6 +51,7 @@ from ._args import (
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
 from .columns import (
+    channels_first,
     chunk_views,
     im2col_into,
     im2col_serial,
@@ -304,10 +305,7 @@ def _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, chunk, groups, kh, kw,
                     gemm(addr, win[:, g * rg:(g + 1) * rg], w2[g * og:(g + 1) * og],
                          mt[:, g * og:(g + 1) * og], True, 0.0)
                 for i in range(i0, i1):
-                    for q in range(p):
-                        src = mt[(i - i0) * p + q]
-                        for k in range(o):
-                            out3[i, k, q] = src[k] + b[k]
+                    channels_first(mt[(i - i0) * p:(i - i0 + 1) * p], out3[i], b)
                 continue
             im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
                           kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)

@@ -322,3 +322,22 @@ def test_pointwise_grad_input_transposes_in_blas(rng, monkeypatch):
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
     assert np.isnan(expected[:, 5]).all()
     assert_matches(np.nan_to_num(actual), np.nan_to_num(expected))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channel_transposes_on_planes_4k_apart(stride, rng):
+    """Planes a multiple of 4 KB apart are transposed to and from channels-last
+    in blocks of a few channels (here 40 channels of 128x24 float32 planes: 8 at
+    a time, and a last block of 8 columns): the forward and both gradients match."""
+    kw = dict(stride=stride, padding=1)
+    x = random_array(rng, (2, 40, 128, 24), np.float32)
+    w = random_array(rng, (36, 40, 3, 3), np.float32)
+    oh, ow = (128 - 1) // stride + 1, (24 - 1) // stride + 1
+    g = random_array(rng, (2, 36, oh, ow), np.float32)
+    assert columns._channels_apart(x[0, 0].nbytes, 40) == 8
+    assert columns._channels_apart(4 * 14 * 14, 256) == 256  # 49 lines apart: every set
+    pairs = [(fc.conv2d(x, w, **kw), reference.conv2d(x, w, **kw)),
+             (fc.conv2d_grad_input(g, w, x.shape, **kw), reference.conv2d_grad_input(g, w, x.shape, **kw)),
+             (fc.conv2d_grad_weight(x, g, w.shape, **kw), reference.conv2d_grad_weight(x, g, w.shape, **kw))]
+    for actual, expected in pairs:
+        assert_matches(actual, expected)
