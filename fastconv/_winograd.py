@@ -378,38 +378,52 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
             gemm_at(addr, du[t].reshape((alpha2, n_out * cg)), gg, dw_parts[t], 0.0)
 
 
-def weight_transform(w, variant, u):
+def weight_transform(w, variant, u, adjoint=False):
     """U[xi, c, o] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
     ``(alpha**2, C, O)`` in ``w.dtype``, for a C-contiguous w (O, C, r, r).
     Recomputed on every call: weights are often updated in place.
 
+    With ``adjoint``, ``w`` is the weight (O, C/groups, r, r) of the convolution
+    whose input gradient this one computes, and U is that of its flipped
+    transpose: per group, channels and filters swapped, taps reversed; ``u`` is
+    (alpha**2, O/groups, C).
+
     Returns max|w|, NaN where w holds a NaN."""
-    size = w.shape[0] * w.shape[1]
+    size = u.shape[1] * u.shape[2]
     pieces = max(thread_count(), -(-size // WEIGHT_PIECE))
     _weight_transform(w.reshape(w.shape[0], w.shape[1], -1), variant.g.astype(w.dtype), u, pieces,
-                      work=u.size)
+                      adjoint, work=u.size)
     return max(w.max(), -w.min())
 
 
 @kernel
-def _weight_transform(w, g, u, pieces):
-    """:func:`weight_transform` of w (O, C, r*r) as two passes of linear
-    combinations (:func:`_combine`) over runs of the (C, O) plane, in ``pieces``
-    tasks (a GEMM with a 9-long inner dimension ran at a tenth of the BLAS peak
-    here)."""
-    n_out, channels, taps_count = w.shape
+def _weight_transform(w, g, u, pieces, adjoint):
+    """:func:`weight_transform` of w (O, C/groups, r*r) as two passes of linear
+    combinations (:func:`_combine`) over runs of U's (rows, columns) plane, in
+    ``pieces`` tasks (a GEMM with a 9-long inner dimension ran at a tenth of the
+    BLAS peak here)."""
+    channels, taps_count = w.shape[1], w.shape[2]
     alpha, r = g.shape
-    size = channels * n_out
+    rows, columns = u.shape[1], u.shape[2]
+    size = rows * columns
+    last = taps_count - 1
     wf, uf = w.ravel(), u.ravel()
     for piece in prange(pieces):
         p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
         n = p1 - p0
-        taps = np.empty(taps_count * n, w.dtype)  # taps[k, e - p0] = w[o, c, k] for e = c*O + o
+        taps = np.empty(taps_count * n, w.dtype)  # taps[k, e - p0]: the filter at U[:, row, column]
         for e in range(p0, p1):
-            c = e // n_out
-            src = np.uint64(((e - c * n_out) * channels + c) * taps_count)
-            for k in range(taps_count):
-                taps[k * n + e - p0] = wf[src + np.uint64(k)]
+            row = e // columns
+            column = e - row * columns
+            if adjoint:  # w[group's filter row, channel column within the group], reversed
+                group = column // channels
+                src = np.uint64(((group * rows + row) * channels + column - group * channels) * taps_count)
+                for k in range(taps_count):
+                    taps[k * n + e - p0] = wf[src + np.uint64(last - k)]
+            else:  # w[filter column, channel row]
+                src = np.uint64((column * channels + row) * taps_count)
+                for k in range(taps_count):
+                    taps[k * n + e - p0] = wf[src + np.uint64(k)]
         starts = np.empty(r, np.int64)
         coefs = np.empty(r, w.dtype)
         tap_rows, half_rows = np.arange(r) * (r * n), np.arange(r) * n
@@ -546,19 +560,23 @@ def _input_limit(variant, channels, wmax, dtype):
     return np.finfo(dtype).max / (4 * variant.growth * max(channels, 1) * max(wmax, 1.0))
 
 
-def convolve(x, w, b, geom, out, variant=None):
+def convolve(x, w, b, geom, out, variant=None, adjoint=False):
     """Winograd conv2d into ``out`` (N, O, OH, OW), trusting the caller:
     x (N, C, H, W) and w (O, C/groups, r, r) C-contiguous in out's dtype, b (O,),
     ``geom`` a stride-1, undilated r x r :class:`fastconv._args.Geometry` (r = 3
     or 5); ``variant`` defaults to :func:`choose`'s pick for one group.
+    With ``adjoint``, w is (C, O/groups, r, r), the weight of a convolution
+    from O channels to C, and this one computes that convolution's input
+    gradient: it runs with w's flipped transpose (:func:`weight_transform`).
 
     Returns ``out``, or None (``out`` partly written) where x or w holds NaN,
     Inf or values so large that the transforms could overflow: the caller
     then computes the call exactly.
     """
     n, c = x.shape[:2]
-    o, cg = w.shape[:2]
-    og = o // (c // cg)
+    o = out.shape[1]
+    groups = o // w.shape[1] if adjoint else c // w.shape[1]
+    cg, og = c // groups, o // groups
     if variant is None:
         variant = choose(n, cg, og, geom.oh, geom.ow, w.shape[2])
     m, xi = variant.m, variant.alpha ** 2
@@ -567,7 +585,7 @@ def convolve(x, w, b, geom, out, variant=None):
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
     with _workspace.scratch(dtype, (xi, cg, o), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
-        wmax = weight_transform(w, variant, u)
+        wmax = weight_transform(w, variant, u, adjoint)
         if not np.isfinite(wmax):
             return None
         limit = dtype.type(_input_limit(variant, cg, wmax, dtype))

@@ -352,6 +352,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
     if kind == "pointwise":  # dx[n] = Wᵀ (C, O) @ grad_out[n] (O, P): BLAS transposes W
         pointwise(w.reshape(o, c), go.reshape(n, o, -1), dx.reshape(n, c, -1), transposed=True)
         return dx
+    if kind == "winograd":  # flips and transposes w as it transforms it
+        if _winograd.convolve(go, w, np.zeros(c, dtype), transposed, dx, adjoint=True) is not None:
+            return dx
+        kind = "gemm"  # NaN, Inf or huge values: the column gradients are exact
     if kind != "gemm":
         flipped = _transposed_weight(w, groups)
         if flipped is not None:

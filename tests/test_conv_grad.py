@@ -269,22 +269,36 @@ def test_window_rows_never_stage_more_than_they_feed():
     assert columns.window_stages(geom, (2, 32, 14, 14), 1, 2) == (2, 15, 15, 32)
 
 
-def test_stride_one_grad_input_without_flipped_weight(rng, monkeypatch):
-    """Stride 1 where the transposed convolution would itself be im2col + GEMM: the
-    column gradients run directly, without flipping the weight, and match."""
+@pytest.mark.parametrize("groups", [1, 2])
+def test_stride_one_grad_input_without_flipped_weight(groups, rng, monkeypatch):
+    """Stride 1 where the transposed convolution would be im2col + GEMM (the column
+    gradients run directly) or Winograd (which flips and transposes the weight as
+    it transforms it): no flipped copy of the weight, and the results match,
+    a NaN weight included. A depthwise one makes the copy."""
     flips = []
     original = conv_grad._transposed_weight
     monkeypatch.setattr(conv_grad, "_transposed_weight", lambda *a: flips.append(1) or original(*a))
-    x_shape, w = (2, 40, 6, 7), random_array(rng, (48, 40, 3, 3), np.float64)
+    kw = dict(padding=1, groups=groups)
+    x_shape, w = (2, 40, 6, 7), random_array(rng, (48, 40 // groups, 3, 3), np.float64)
     g = random_array(rng, (2, 48, 6, 7), np.float64)
     transposed = conv_grad._transposed_geometry(geometry("test", (6, 7), (3, 3), 1, 1, 1), (6, 7))
-    assert conv_grad.route(g.shape, (40, 48, 3, 3), transposed, 1) == "gemm"
-    assert_matches(fc.conv2d_grad_input(g, w, x_shape, padding=1),
-                   reference.conv2d_grad_input(g, w, x_shape, padding=1))
+    assert conv_grad.route(g.shape, (40, 48 // groups, 3, 3), transposed, groups) == "gemm"
+    assert_matches(fc.conv2d_grad_input(g, w, x_shape, **kw),
+                   reference.conv2d_grad_input(g, w, x_shape, **kw))
+    big, big_shape = random_array(rng, (4, 48, 16, 16), np.float64), (4, 40, 16, 16)
+    transposed = conv_grad._transposed_geometry(geometry("test", (16, 16), (3, 3), 1, 1, 1), (16, 16))
+    assert conv_grad.route(big.shape, (40, 48 // groups, 3, 3), transposed, groups) == "winograd"
+    assert_matches(fc.conv2d_grad_input(big, w, big_shape, **kw),
+                   reference.conv2d_grad_input(big, w, big_shape, **kw))
+    w[5, 3, 0, 2] = np.nan
+    actual = fc.conv2d_grad_input(big, w, big_shape, **kw)
+    expected = reference.conv2d_grad_input(big, w, big_shape, **kw)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    assert_matches(np.nan_to_num(actual), np.nan_to_num(expected))
     assert not flips
-    big = random_array(rng, (4, 48, 16, 16), np.float64)  # the transposed one is Winograd's
-    assert_matches(fc.conv2d_grad_input(big, w, (4, 40, 16, 16), padding=1),
-                   reference.conv2d_grad_input(big, w, (4, 40, 16, 16), padding=1))
+    depthwise = random_array(rng, (40, 1, 3, 3), np.float64)
+    assert_matches(fc.conv2d_grad_input(big[:, :40], depthwise, big_shape, padding=1, groups=40),
+                   reference.conv2d_grad_input(big[:, :40], depthwise, big_shape, padding=1, groups=40))
     assert flips
 
 
