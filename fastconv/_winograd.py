@@ -485,8 +485,12 @@ def grad_weight_worthwhile(n, c, o, oh, ow):
     needs F(2x2) tiles for half the larger channel count (measured on a 2-core
     AVX2 machine: 1.75x faster at (8, 64, 28, 28), 1.4x at (16, 128, 14, 14);
     slower at (8, 256, 7, 7) 1.25x, (16, 512, 7, 7) 1.15x, (2, 256, 7, 7) to
-    512 2.1x, (32, 16, 32, 32) 1.6x)."""
-    return min(c, o) >= 32 and _tiles(n, oh, ow, 2) / thread_count() >= max(48, max(c, o) / 2)
+    512 2.1x). It needs 32 input channels, and 16 filters: with fewer filters
+    the GEMM's narrow side packs slowly (on an AVX-512 one, 1.3-1.8x faster at
+    (8, 32, 32, 32), (4, 128, 28, 28) and (8, 256, 14, 14) to 16 and
+    (16, 64, 14, 14) to 24); with 16 input channels it won and lost (0.74-1.16x
+    at (32, 16, 32, 32) and (64, 16, 8, 8) to 32, (8, 16, 64, 64) to 16)."""
+    return c >= 32 and o >= 16 and _tiles(n, oh, ow, 2) / thread_count() >= max(48, max(c, o) / 2)
 
 
 def choose(n, c, o, oh, ow, r=3):

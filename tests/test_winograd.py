@@ -285,15 +285,17 @@ def test_conv2d_takes_the_winograd_path(r, monkeypatch, rng):
     assert_matches(y, reference.conv2d(x, w, b, padding=r // 2))
 
 
-def test_conv2d_grad_weight_takes_the_winograd_path(monkeypatch, rng):
+@pytest.mark.parametrize("filters, winograd", [(64, True), (20, True), (12, False)])
+def test_conv2d_grad_weight_takes_the_winograd_path(filters, winograd, monkeypatch, rng):
+    """From 32 input channels and 16 filters (20: an odd width for the GEMMs)."""
     calls = []
     original = _winograd.grad_weight
     monkeypatch.setattr(_winograd, "grad_weight",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     x = random_array(rng, (8, 64, 28, 28), np.float32)
-    grad_out = random_array(rng, (8, 64, 28, 28), np.float32)
-    dw = fc.conv2d_grad_weight(x, grad_out, (64, 64, 3, 3), padding=1)
-    assert calls == [1]
+    grad_out = random_array(rng, (8, filters, 28, 28), np.float32)
+    dw = fc.conv2d_grad_weight(x, grad_out, (filters, 64, 3, 3), padding=1)
+    assert calls == ([1] if winograd else [])
     assert_matches(dw, reference.conv2d_grad_weight(x, grad_out, dw.shape, padding=1))
 
 
