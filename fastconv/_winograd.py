@@ -482,15 +482,23 @@ def worthwhile(n, c, o, oh, ow):
 def grad_weight_worthwhile(n, c, o, oh, ow):
     """Whether the Winograd weight gradient beats im2col + GEMM on a 3x3
     stride-1 shape: every block of tiles updates all of dU, so each thread
-    needs F(2x2) tiles for half the larger channel count (measured on a 2-core
-    AVX2 machine: 1.75x faster at (8, 64, 28, 28), 1.4x at (16, 128, 14, 14);
-    slower at (8, 256, 7, 7) 1.25x, (16, 512, 7, 7) 1.15x, (2, 256, 7, 7) to
-    512 2.1x). It needs 32 input channels, and 16 filters: with fewer filters
-    the GEMM's narrow side packs slowly (on an AVX-512 one, 1.3-1.8x faster at
-    (8, 32, 32, 32), (4, 128, 28, 28) and (8, 256, 14, 14) to 16 and
-    (16, 64, 14, 14) to 24); with 16 input channels it won and lost (0.74-1.16x
-    at (32, 16, 32, 32) and (64, 16, 8, 8) to 32, (8, 16, 64, 64) to 16)."""
-    return c >= 32 and o >= 16 and _tiles(n, oh, ow, 2) / thread_count() >= max(48, max(c, o) / 2)
+    needs F(2x2) tiles for half the larger channel count, or for 2/7 of it
+    where the tiles cover the plane exactly (even sides). Measured on this
+    2-core AVX-512 machine, Winograd against GEMM:
+
+    * 14x14 planes at 256-512 channels with 73-147 tiles a thread: 1.16-1.24x;
+      (4, 384, 14, 14) with 98: 0.84x;
+    * 7x7 planes (F(2x2) computes 8x8) at 256-512 channels with 64-160 tiles a
+      thread: 0.75-0.96x; (2, 256, 7, 7) to 512: 0.46x.
+
+    It needs 32 input channels and 16 filters: with fewer filters the GEMM's
+    narrow side packs slowly (1.3-1.8x faster at (8, 32, 32, 32), (4, 128, 28, 28)
+    and (8, 256, 14, 14) to 16 and (16, 64, 14, 14) to 24); with 16 input
+    channels it won and lost (0.74-1.16x at (32, 16, 32, 32) and (64, 16, 8, 8)
+    to 32, (8, 16, 64, 64) to 16)."""
+    exact = oh % 2 == 0 and ow % 2 == 0
+    need = max(48, max(c, o) / (3.5 if exact else 2))
+    return c >= 32 and o >= 16 and _tiles(n, oh, ow, 2) / thread_count() >= need
 
 
 def choose(n, c, o, oh, ow, r=3):
