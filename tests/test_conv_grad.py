@@ -38,6 +38,7 @@ def test_grads_match_reference(name, dtype, rng):
 @pytest.mark.parametrize("name", ["gemm_pairs", "gemm_groups_big", "stem_small", "gemm_1x1_strided"])
 def test_grads_in_one_image_chunks(name, rng, monkeypatch):
     """The GEMM + col2im / im2col + GEMM paths over several chunks of images."""
+    monkeypatch.setattr(conv_grad, "_SMALL_MACS", 0)
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", 1)
     monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
     x, w, grad_out, kw = _setup(rng, name, np.float64)
@@ -212,6 +213,7 @@ def test_strided_gradient_schedules(schedule, groups, chunk_bytes, rng, monkeypa
         original = getattr(conv_grad, name)
         monkeypatch.setattr(conv_grad, name,
                             lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    monkeypatch.setattr(conv_grad, "_SMALL_MACS", 0)
     monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
     if schedule == "matmul":
@@ -238,9 +240,10 @@ WINDOW_CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", WINDOW_CASES)
-def test_window_rows(name, dtype, rng):
+def test_window_rows(name, dtype, rng, monkeypatch):
     """conv2d (small planes), grad_input and grad_weight through window rows match
     the references, a NaN in x or grad_out included."""
+    monkeypatch.setattr(conv_grad, "_SMALL_MACS", 0)
     x_shape, w_shape, kw = WINDOW_CASES[name]
     groups = kw.get("groups", 1)
     geom = geometry("test", x_shape[2:], w_shape[2:], kw.get("stride", 1), kw["padding"],
@@ -355,3 +358,25 @@ def test_channel_transposes_on_planes_4k_apart(stride, rng):
              (fc.conv2d_grad_weight(x, g, w.shape, **kw), reference.conv2d_grad_weight(x, g, w.shape, **kw))]
     for actual, expected in pairs:
         assert_matches(actual, expected)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_small_gradients_skip_the_task_kernels(stride, rng, monkeypatch):
+    """Below ``_SMALL_MACS`` the gradients run as im2col or col2im and one matmul,
+    without the task kernels, and a NaN in grad_out meets the zero padding as in
+    the reference."""
+    calls = []
+    for name in ("_grad_input_tasks", "_grad_weight_tasks", "_grad_input_direct", "_grad_weight_direct"):
+        original = getattr(conv_grad, name)
+        monkeypatch.setattr(conv_grad, name,
+                            lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    kw = dict(stride=stride, padding=1)
+    x, w = random_array(rng, (3, 5, 7, 6), np.float32), random_array(rng, (4, 5, 3, 3), np.float32)
+    g = random_array(rng, reference.conv2d(x, w, **kw).shape, np.float32)
+    g[1, 2, 0, 0] = np.nan
+    pairs = [(fc.conv2d_grad_input(g, w, x.shape, **kw), reference.conv2d_grad_input(g, w, x.shape, **kw)),
+             (fc.conv2d_grad_weight(x, g, w.shape, **kw), reference.conv2d_grad_weight(x, g, w.shape, **kw))]
+    for actual, expected in pairs:
+        np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+        assert_matches(np.nan_to_num(actual), np.nan_to_num(expected))
+    assert np.isnan(pairs[1][1]).any() and not calls
