@@ -18,9 +18,10 @@
   per group the tasks hold windows as rows with channels innermost instead of
   im2col columns (:func:`fastconv.columns.windows_serial`): built and summed back
   in contiguous runs through a channels-last copy of each image.
-* Depthwise and tiny convolutions, where a GEMM has nothing to chew on, run
-  direct loop kernels (one task per output plane, no shared writes), unless a
-  NaN or Inf would meet the zero padding those kernels skip.
+* Depthwise convolutions, where a GEMM has nothing to chew on, run direct loop
+  kernels (one task per output plane, no shared writes), unless a NaN or Inf
+  would meet the zero padding those kernels skip. Small ones (``_SMALL_MACS``)
+  skip the task kernels: im2col or col2im and one NumPy matmul per chunk.
 """
 import numpy as np
 from numba import prange
