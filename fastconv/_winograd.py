@@ -471,10 +471,15 @@ def worthwhile(n, c, o, oh, ow):
     ran 1.35x faster than im2col + GEMM, (16, 512, 7, 7) with 128 1.1x faster,
     (4, 512, 7, 7) with 32 1.9x slower). 16 to 31 channels need an image per
     thread too (1.1-1.5x faster at (32, 16, 32, 32) -> 32, (8, 16, 64, 64) -> 16
-    and (2, 16, 112, 112) -> 32; 1.3x slower at (1, 16, 56, 56) -> 16); fewer
-    than 16 lose (8x8 and 3x3 channels 0.4-1.0x)."""
+    and (2, 16, 112, 112) -> 32; 1.3x slower at (1, 16, 56, 56) -> 16). With 8
+    to 15, the output transform must have no more channels than the input one
+    and planes of 32x32 or more (1.05-1.55x faster on 8 such shapes, 8 to 16
+    channels; 0.7x at (32, 8, 16, 16) -> 8; 0.67-0.94x from 3, 4, 8 or 12
+    channels to twice as many)."""
     threads = thread_count()
-    if min(c, o) < 16 or (min(c, o) < 32 and n < threads):
+    if n < threads and min(c, o) < 32:
+        return False
+    if min(c, o) < 16 and not (8 <= o <= c and oh * ow >= 1024):
         return False
     return _tiles(n, oh, ow, 2) / threads >= max(48, max(c, o) / 4)
 

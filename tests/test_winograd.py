@@ -285,6 +285,21 @@ def test_conv2d_takes_the_winograd_path(r, monkeypatch, rng):
     assert_matches(y, reference.conv2d(x, w, b, padding=r // 2))
 
 
+@pytest.mark.parametrize("shape, filters, winograd", [
+    ((2, 12, 32, 33), 10, True),  # 8-15 channels, no more out than in, 32x32 or more
+    ((2, 12, 32, 33), 14, False),  # more out than in
+    ((4, 12, 16, 16), 10, False),  # small planes
+])
+def test_few_channel_conv2d_route(shape, filters, winograd, monkeypatch, rng):
+    calls = []
+    original = _winograd.convolve
+    monkeypatch.setattr(_winograd, "convolve", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = random_array(rng, shape, np.float32)
+    w = random_array(rng, (filters, shape[1], 3, 3), np.float32)
+    assert_matches(fc.conv2d(x, w, padding=1), reference.conv2d(x, w, padding=1))
+    assert calls == ([1] if winograd else [])
+
+
 @pytest.mark.parametrize("filters, winograd", [(64, True), (20, True), (12, False)])
 def test_conv2d_grad_weight_takes_the_winograd_path(filters, winograd, monkeypatch, rng):
     """From 32 input channels and 16 filters (20: an odd width for the GEMMs)."""
