@@ -206,10 +206,12 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
     ``staged[((r - first)*m*phase + l*phase + b)*group + c]``. With m = 1 the
     columns keep their order.
 
-    The transpose reads a block of 16 columns of as many channels at a time as
-    the L1 cache holds apart: planes a multiple of 4 KB apart share one L1 set,
-    and reading every channel in turn then misses on every value (3x slower on
-    64x48 planes of 64 channels).
+    Long rows (``LONG_ROW`` image columns or more) are copied a channel at a
+    time, reading its row contiguously; short ones a column at a time, across
+    as many channels as the L1 cache holds apart (planes a multiple of 4 KB
+    apart share one L1 set, and reading every channel in turn then missed on
+    every value). Measured per 64-channel image: 64x64 planes 354 -> 86 us,
+    32x32 44 -> 21 us; 14x14 planes of 256 channels 14 us either way.
     """
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
     width = m * phase
@@ -234,18 +236,22 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
                 for c in range(np.uint64(group)):
                     staged[at + place[col] + c] = 0
         src = np.uint64(((n * channels + c0) * h + row) * wd)
-        for b0 in range(0, inner, TRANSPOSE_BLOCK):
-            b1 = min(inner, b0 + TRANSPOSE_BLOCK)
-            for k0 in range(0, group, run):
-                k1 = np.uint64(min(group, k0 + run))
-                for col in range(b0, b1):
-                    d, e = at + place[col + pl], src + np.uint64(col)
-                    for c in range(np.uint64(k0), k1):
-                        staged[d + c] = xf[e + c * uhw]
+        if inner >= LONG_ROW:
+            for c in range(np.uint64(group)):
+                e = src + c * uhw
+                for col in range(inner):
+                    staged[at + place[col + pl] + c] = xf[e + np.uint64(col)]
+            continue
+        for k0 in range(0, group, run):
+            k1 = np.uint64(min(group, k0 + run))
+            for col in range(inner):
+                d, e = at + place[col + pl], src + np.uint64(col)
+                for c in range(np.uint64(k0), k1):
+                    staged[d + c] = xf[e + c * uhw]
 
 
-#: Columns per block of :func:`stage_rows`' transpose (a 64-byte line of float32).
-TRANSPOSE_BLOCK = 16
+#: Image columns from which :func:`stage_rows` copies a row a channel at a time.
+LONG_ROW = 32
 
 
 @serial_kernel
@@ -314,16 +320,20 @@ def add_windows_serial(rows, dx, i0, i1, stage, groups, kh, kw, sh, sw, dh, dw, 
 @serial_kernel
 def channels_first(src, dst, bias):
     """dst[c, q] = src[q, c] + bias[c]: rows of channels back to channel planes,
-    in blocks of columns by channels as :func:`stage_rows` transposes (writing
-    every channel of a pixel in turn ran 3x slower on 32x32 planes)."""
+    a block of ``TRANSPOSE_BLOCK`` pixels at a time, channel by channel (1.1-1.5x
+    faster than every channel of a pixel in turn, which on planes a multiple of
+    4 KB apart missed the L1 cache on every write)."""
     pixels, channels = src.shape
-    run = _channels_apart(dst.strides[0], channels)
     for q0 in range(0, pixels, TRANSPOSE_BLOCK):
-        for k0 in range(0, channels, run):
-            for q in range(q0, min(pixels, q0 + TRANSPOSE_BLOCK)):
-                row = src[q]
-                for c in range(k0, min(channels, k0 + run)):
-                    dst[c, q] = row[c] + bias[c]
+        q1 = min(pixels, q0 + TRANSPOSE_BLOCK)
+        for c in range(channels):
+            plane, b = dst[c], bias[c]
+            for q in range(q0, q1):
+                plane[q] = src[q, c] + b
+
+
+#: Pixels per block of :func:`channels_first` (a 64-byte line of float32).
+TRANSPOSE_BLOCK = 16
 
 
 def _window(geom):

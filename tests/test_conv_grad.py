@@ -343,9 +343,10 @@ def test_pointwise_grad_input_transposes_in_blas(rng, monkeypatch):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_channel_transposes_on_planes_4k_apart(stride, rng):
-    """Planes a multiple of 4 KB apart are transposed to and from channels-last
-    in blocks of a few channels (here 40 channels of 128x24 float32 planes: 8 at
-    a time, and a last block of 8 columns): the forward and both gradients match."""
+    """Short rows of planes a multiple of 4 KB apart are staged channels-last a
+    few channels at a time (here 24 columns of 40 channels 12 KB apart: 8 at a
+    time), and output rows go back to planes in blocks of 16 pixels (the last
+    one partial): the forward and both gradients match."""
     kw = dict(stride=stride, padding=1)
     x = random_array(rng, (2, 40, 128, 24), np.float32)
     w = random_array(rng, (36, 40, 3, 3), np.float32)
