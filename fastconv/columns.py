@@ -309,10 +309,11 @@ def add_windows_serial(rows, dx, i0, i1, stage, groups, kh, kw, sh, sw, dh, dw, 
     """Adjoint of :func:`windows_serial`: dx[i0 + m] = the sum of image m's window
     rows at the places they were read from (zero where no window reads)."""
     h, w = dx.shape[2], dx.shape[3]
+    zero = np.zeros(stage.shape[2], dx.dtype)
     for m in range(i1 - i0):
         stage[:] = 0
         _window_runs(stage, rows, m, False, groups, kh, kw, sh, sw, dh, dw, oh, ow)
-        image, zero = dx[i0 + m], np.zeros(stage.shape[2], dx.dtype)
+        image = dx[i0 + m]
         for a in range(h):
             channels_first(stage[pt + a, pl:pl + w], image[:, a], zero)
 

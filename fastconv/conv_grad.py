@@ -235,14 +235,15 @@ def _sum_partials(partials, dW, windowed):
 def _image_tasks(x_shape, o, geom, groups, dtype, reordered_weight=0):
     """(BLAS address, threads, images per chunk, stage shape) for one task per
     thread over chunks of its images, or None where no BLAS is callable from
-    kernels or some thread would have no image. The stages are empty where the
-    tasks use im2col columns rather than window rows
-    (:func:`fastconv.columns.window_stages`)."""
+    kernels, some thread would have no image or the call is small
+    (``_SMALL_MACS``). The stages are empty where the tasks use im2col columns
+    rather than window rows (:func:`fastconv.columns.window_stages`)."""
     addr, threads = _blas.address(dtype), thread_count()
     n, c = x_shape[:2]
-    if addr is None or n < threads:
-        return None
     g = geom
+    macs = n * o * g.oh * g.ow * (c // groups) * g.kh * g.kw
+    if addr is None or n < threads or macs < _SMALL_MACS:
+        return None
     per_image = (c * g.kh * g.kw + o) * g.oh * g.ow * np.dtype(dtype).itemsize
     return (addr, threads, _workspace.images_per_chunk(n, per_image, g.oh * g.ow, threads),
             window_stages(g, x_shape, groups, threads, reordered_weight))
@@ -370,7 +371,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
         return dx
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
-    tasks = _image_tasks(shape, o, g, groups, dtype, reordered_weight=o) if macs >= _SMALL_MACS else None
+    tasks = _image_tasks(shape, o, g, groups, dtype, reordered_weight=o)
     if tasks:
         addr, threads, chunk, staged = tasks
         width = chunk * g.oh * g.ow
@@ -445,7 +446,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilati
         return dW  # else NaN, Inf or huge values: computed exactly below
     rows = c * g.kh * g.kw
     rg, og = rows // groups, o // groups
-    tasks = _image_tasks(x.shape, o, g, groups, dtype) if macs >= _SMALL_MACS else None
+    tasks = _image_tasks(x.shape, o, g, groups, dtype)
     if tasks:
         addr, threads, chunk, staged = tasks
         width = chunk * g.oh * g.ow
