@@ -347,6 +347,8 @@ CONV2D = Operation(
                  (8, 256, 28, 28, 256, 1, 1, 0, 1), former="pointwise_28"),
         Workload("depthwise_1x32x112x112_k3", "a MobileNet depthwise layer: 32 channels 112x112, 3x3",
                  (1, 32, 112, 112, 32, 3, 1, 1, 32), former="depthwise_112"),
+        Workload("strided_8x64x64x64_k3s2", "a downsampling layer on 64x64 planes (float32 planes 16 KB "
+                 "apart): 64 -> 64 channels, 3x3 stride 2", (8, 64, 64, 64, 64, 3, 2, 1, 1)),
     ),
     flops=_conv_flops,
     nbytes=_conv_nbytes,
@@ -369,6 +371,8 @@ CONV2D_BACKWARD = Operation(
                  (16, 128, 14, 14, 128, 3, 2, 1), former="resnet_14_s2"),
         Workload("stem_8x3x64x64_k5s2", "a small stem: 8 RGB 64x64 -> 32 channels, 5x5 stride 2",
                  (8, 3, 64, 64, 32, 5, 2, 2), quick=True, former="stem_5x5_s2"),
+        Workload("narrow_8x32x32x32_k3", "a layer narrowing 32 -> 16 channels on 32x32 planes, 3x3",
+                 (8, 32, 32, 32, 16, 3, 1, 1)),
     ),
     flops=lambda d: 2 * _conv_flops(d),  # grad input and grad weight
     nbytes=lambda d, itemsize: 2 * _conv_nbytes(d, itemsize),
