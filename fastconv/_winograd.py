@@ -123,7 +123,9 @@ F2_5 = _cook_toom([0, 1, -1, 2, Fraction(-1, 2)], r=5)
 @serial_kernel
 def _combine(out, at, out_step, src, starts, src_step, coefs, rows, n):
     """out[at + r*out_step + p] = sum_t coefs[t] * src[starts[t] + r*src_step + p]
-    for r < rows and p < n, up to three terms per pass, on flat arrays.
+    for r < rows and p < n, up to five terms per pass, on flat arrays (every row
+    of F4's transforms has four or five: one pass reads each source once and
+    writes the result once).
 
     Indices are unsigned: numba then emits no negative-index wraparound and the
     loops vectorize without a view per source (measured: a slice costs ~70 ns,
@@ -132,33 +134,54 @@ def _combine(out, at, out_step, src, starts, src_step, coefs, rows, n):
     for r in range(rows):
         base = np.uint64(at + r * out_step)
         shift = r * src_step
-        for t in range(0, coefs.shape[0], 3):
-            terms = min(3, coefs.shape[0] - t)
+        for t in range(0, coefs.shape[0], 5):
+            terms = min(5, coefs.shape[0] - t)
+            first = t == 0
             c0, s0 = coefs[t], np.uint64(starts[t] + shift)
+            # the last four terms, right-aligned (repeating term t where there are fewer)
+            i1, i2, i3 = max(t, t + terms - 4), max(t, t + terms - 3), max(t, t + terms - 2)
+            c1, s1 = coefs[i1], np.uint64(starts[i1] + shift)
+            c2, s2 = coefs[i2], np.uint64(starts[i2] + shift)
+            c3, s3 = coefs[i3], np.uint64(starts[i3] + shift)
+            c4, s4 = coefs[t + terms - 1], np.uint64(starts[t + terms - 1] + shift)
             if terms == 1:
-                if t == 0:
+                if first:
                     for p in range(n):
                         out[base + p] = c0 * src[s0 + p]
                 else:
                     for p in range(n):
                         out[base + p] += c0 * src[s0 + p]
-                continue
-            c1, s1 = coefs[t + 1], np.uint64(starts[t + 1] + shift)
-            if terms == 2:
-                if t == 0:
+            elif terms == 2:
+                if first:
                     for p in range(n):
-                        out[base + p] = c0 * src[s0 + p] + c1 * src[s1 + p]
+                        out[base + p] = c0 * src[s0 + p] + c4 * src[s4 + p]
                 else:
                     for p in range(n):
-                        out[base + p] += c0 * src[s0 + p] + c1 * src[s1 + p]
-                continue
-            c2, s2 = coefs[t + 2], np.uint64(starts[t + 2] + shift)
-            if t == 0:
+                        out[base + p] += c0 * src[s0 + p] + c4 * src[s4 + p]
+            elif terms == 3:
+                if first:
+                    for p in range(n):
+                        out[base + p] = c0 * src[s0 + p] + c3 * src[s3 + p] + c4 * src[s4 + p]
+                else:
+                    for p in range(n):
+                        out[base + p] += c0 * src[s0 + p] + c3 * src[s3 + p] + c4 * src[s4 + p]
+            elif terms == 4:
+                if first:
+                    for p in range(n):
+                        out[base + p] = (c0 * src[s0 + p] + c2 * src[s2 + p] + c3 * src[s3 + p]
+                                         + c4 * src[s4 + p])
+                else:
+                    for p in range(n):
+                        out[base + p] += (c0 * src[s0 + p] + c2 * src[s2 + p] + c3 * src[s3 + p]
+                                          + c4 * src[s4 + p])
+            elif first:
                 for p in range(n):
-                    out[base + p] = c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
+                    out[base + p] = (c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
+                                     + c3 * src[s3 + p] + c4 * src[s4 + p])
             else:
                 for p in range(n):
-                    out[base + p] += c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
+                    out[base + p] += (c0 * src[s0 + p] + c1 * src[s1 + p] + c2 * src[s2 + p]
+                                      + c3 * src[s3 + p] + c4 * src[s4 + p])
 
 
 @serial_kernel

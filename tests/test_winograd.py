@@ -272,6 +272,24 @@ def test_transform_matrices_are_exact():
         np.testing.assert_allclose(v.at @ ((v.g @ g) * (v.bt @ d)), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("terms", range(1, 13))
+def test_combine_sums_any_number_of_terms(terms):
+    """The transforms' building block, in passes of up to five terms, over
+    several rows with strides, without touching the gaps between rows."""
+    rng = np.random.default_rng(terms)
+    rows, n, src_step, out_step = 3, 37, 50, 41
+    src = rng.standard_normal(terms * 8 + rows * src_step + n)
+    starts = rng.choice(terms * 8, terms, replace=False).astype(np.int64)
+    coefs = rng.standard_normal(terms)
+    out = np.full(5 + rows * out_step, np.nan)
+    _winograd._combine(out, 5, out_step, src, starts, src_step, coefs, rows, n)
+    for r in range(rows):
+        expected = sum(c * src[s + r * src_step:s + r * src_step + n] for s, c in zip(starts, coefs))
+        np.testing.assert_allclose(out[5 + r * out_step:5 + r * out_step + n], expected, rtol=1e-12)
+        assert np.isnan(out[5 + r * out_step + n:5 + (r + 1) * out_step]).all()
+    assert np.isnan(out[:5]).all()
+
+
 @pytest.mark.parametrize("r", [3, 5])
 def test_conv2d_takes_the_winograd_path(r, monkeypatch, rng):
     calls = []
