@@ -529,7 +529,7 @@ def grad_weight_worthwhile(n, c, o, oh, ow):
     return c >= 32 and o >= 16 and _tiles(n, oh, ow, 2) / thread_count() >= need
 
 
-def choose(n, c, o, oh, ow, r=3):
+def choose(n, c, o, oh, ow, r=3, weight_gradient=False):
     """For 3x3 kernels, F(4x4,3x3) where it saves enough work over
     F(2x2,3x3), else F(2x2,3x3); for 5x5 kernels, F(2x2,5x5).
 
@@ -537,12 +537,17 @@ def choose(n, c, o, oh, ow, r=3):
     is covered by 16x16), so it needs >= 64 channels, >= 80 tiles and 35% less
     transformed data than F2 (measured: (2, 128, 28, 28) with 98 tiles and
     (3, 160, 17, 23) with 90 ran 1.15x faster than F2, (16, 512, 7, 7) with 64
-    1.2x slower). Both stay well
+    1.2x slower). The weight gradient's blocks each update all of dU, which F4
+    makes 2.25x larger, so there each thread also needs F4 tiles for half the
+    larger channel count ((3, 160, 17, 23) to 192: F4 1.05-1.12x slower than
+    F2; (2, 128, 30, 30) and (4, 96, 20, 20): 0.90-0.95x). Both stay well
     within the float32 tolerance (F4 with its interpolation points: error
     <= 5e-6 of max|y| at C=256, against 1e-4 allowed)."""
     if r == 5:
         return F2_5
     t2, t4 = _tiles(n, oh, ow, 2), _tiles(n, oh, ow, 4)
+    if weight_gradient and t4 / thread_count() < max(c, o) / 2:
+        return F2
     return F4 if min(c, o) >= 64 and t4 >= 80 and 36 * t4 <= 0.65 * 16 * t2 else F2
 
 
@@ -669,7 +674,7 @@ def grad_weight(x, grad_out, geom, dw, variant=None):
     og = o // (c // cg)
     dtype = dw.dtype
     if variant is None:
-        variant = choose(n, cg, og, geom.oh, geom.ow, dw.shape[2])
+        variant = choose(n, cg, og, geom.oh, geom.ow, dw.shape[2], weight_gradient=True)
     m, xi = variant.m, variant.alpha ** 2
     th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
     # |dU| <= tiles * growth * max|x| * max|dy|: both operands under the square root
