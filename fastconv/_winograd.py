@@ -413,51 +413,56 @@ def weight_transform(w, variant, u, adjoint=False):
 
     Returns max|w|, NaN where w holds a NaN."""
     size = u.shape[1] * u.shape[2]
-    pieces = max(thread_count(), -(-size // WEIGHT_PIECE))
+    threads = thread_count()
+    pieces = max(threads, -(-size // WEIGHT_PIECE))
     _weight_transform(w.reshape(w.shape[0], w.shape[1], -1), variant.g.astype(w.dtype), u, pieces,
-                      adjoint, work=u.size)
+                      threads, adjoint, work=u.size)
     return max(w.max(), -w.min())
 
 
 @kernel
-def _weight_transform(w, g, u, pieces, adjoint):
+def _weight_transform(w, g, u, pieces, threads, adjoint):
     """:func:`weight_transform` of w (O, C/groups, r*r) as two passes of linear
-    combinations (:func:`_combine`) over runs of U's (rows, columns) plane, in
-    ``pieces`` tasks (a GEMM with a 9-long inner dimension ran at a tenth of the
-    BLAS peak here)."""
+    combinations (:func:`_combine`) over runs of U's (rows, columns) plane,
+    ``pieces`` of them, split among ``threads`` tasks (a GEMM with a 9-long inner
+    dimension ran at a tenth of the BLAS peak here). Each thread allocates its
+    scratch once: allocations of ~100 KB per piece cost more than the piece."""
     channels, taps_count = w.shape[1], w.shape[2]
     alpha, r = g.shape
     rows, columns = u.shape[1], u.shape[2]
     size = rows * columns
     last = taps_count - 1
     wf, uf = w.ravel(), u.ravel()
-    for piece in prange(pieces):
-        p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
-        n = p1 - p0
-        taps = np.empty(taps_count * n, w.dtype)  # taps[k, e - p0]: the filter at U[:, row, column]
-        for e in range(p0, p1):
-            row = e // columns
-            column = e - row * columns
-            if adjoint:  # w[group's filter row, channel column within the group], reversed
-                group = column // channels
-                src = np.uint64(((group * rows + row) * channels + column - group * channels) * taps_count)
-                for k in range(taps_count):
-                    taps[k * n + e - p0] = wf[src + np.uint64(last - k)]
-            else:  # w[filter column, channel row]
-                src = np.uint64((column * channels + row) * taps_count)
-                for k in range(taps_count):
-                    taps[k * n + e - p0] = wf[src + np.uint64(k)]
+    longest = -(-size // pieces)
+    for t in prange(threads):
+        taps = np.empty(taps_count * longest, w.dtype)  # taps[k, e - p0]: the filter at U[:, row, column]
+        half = np.empty(alpha * r * longest, w.dtype)  # (G w)[i, l] = sum_a G[i, a] w[a, l]
         starts = np.empty(r, np.int64)
         coefs = np.empty(r, w.dtype)
-        tap_rows, half_rows = np.arange(r) * (r * n), np.arange(r) * n
-        half = np.empty(alpha * r * n, w.dtype)  # (G w)[i, l] = sum_a G[i, a] w[a, l]
-        for i in range(alpha):
-            st, co = _terms(g[i], starts, coefs, tap_rows, 0)
-            _combine(half, i * r * n, n, taps, st, n, co, r, n)
-        for i in range(alpha):  # U[i, j] = sum_l G[j, l] (G w)[i, l]
-            for j in range(alpha):
-                st, co = _terms(g[j], starts, coefs, half_rows, i * r * n)
-                _combine(uf, (i * alpha + j) * size + p0, 0, half, st, 0, co, 1, n)
+        for piece in range(t * pieces // threads, (t + 1) * pieces // threads):
+            p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
+            n = p1 - p0
+            for e in range(p0, p1):
+                row = e // columns
+                column = e - row * columns
+                if adjoint:  # w[group's filter row, channel column within the group], reversed
+                    group = column // channels
+                    src = np.uint64(((group * rows + row) * channels + column - group * channels)
+                                    * taps_count)
+                    for k in range(taps_count):
+                        taps[k * n + e - p0] = wf[src + np.uint64(last - k)]
+                else:  # w[filter column, channel row]
+                    src = np.uint64((column * channels + row) * taps_count)
+                    for k in range(taps_count):
+                        taps[k * n + e - p0] = wf[src + np.uint64(k)]
+            tap_rows, half_rows = np.arange(r) * (r * n), np.arange(r) * n
+            for i in range(alpha):
+                st, co = _terms(g[i], starts, coefs, tap_rows, 0)
+                _combine(half, i * r * n, n, taps, st, n, co, r, n)
+            for i in range(alpha):  # U[i, j] = sum_l G[j, l] (G w)[i, l]
+                for j in range(alpha):
+                    st, co = _terms(g[j], starts, coefs, half_rows, i * r * n)
+                    _combine(uf, (i * alpha + j) * size + p0, 0, half, st, 0, co, 1, n)
 
 
 #: Filter taps per piece of the weight transform: its scratch stays in cache.
