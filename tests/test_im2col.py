@@ -210,3 +210,23 @@ def test_property_matches_reference_and_adjoint(case, dtype):
     assert_matches(back, reference.col2im(c, shape, **kw))
     lhs, rhs = np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), back)
     assert abs(lhs - rhs) <= 1e-4 * max(1.0, float(np.abs(cols).sum() * np.abs(c).max(initial=0)))
+
+
+@pytest.mark.parametrize("width", [70, 21])
+def test_stage_rows_copies_a_band_channels_last(width):
+    """The channels-last copy under the window rows and the Winograd input
+    transform: a band of padded rows of a channel range, columns in phase order,
+    zero outside the image; long rows (copied a few channels at a time, the last
+    group partial here) and short ones (a column at a time) alike."""
+    from fastconv.columns import stage_rows
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((2, 23, 9, width)).astype(np.float32)
+    n, c0, group, first, rows, pt, pl, m = 1, 3, 19, 2, 8, 3, 2, 2
+    phase = -(-(width + pl + 1) // m)
+    staged = np.full(rows * m * phase * group, np.nan, np.float32)
+    stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged)
+    padded = np.zeros((group, x.shape[2] + 2 * pt + rows, m * phase), np.float32)
+    padded[:, pt:pt + x.shape[2], pl:pl + width] = x[n, c0:c0 + group]
+    band = padded[:, first:first + rows]  # (group, rows, columns)
+    expected = band.reshape(group, rows, phase, m).transpose(1, 3, 2, 0)  # column b*m + l at l*phase + b
+    np.testing.assert_array_equal(staged.reshape(rows, m, phase, group), expected)
