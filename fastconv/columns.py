@@ -230,8 +230,8 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
         for l in range(m):
             place[b * m + l] = (l * phase + b) * group
     for r in range(rows):  # zero padding: rows outside the image, columns left and right of it
-        at = np.uint64(r * pitch)
-        if first + r - pt < 0 or first + r - pt >= h:
+        row, at = first + r - pt, np.uint64(r * pitch)
+        if row < 0 or row >= h:
             for d in range(at, at + np.uint64(pitch)):
                 staged[d] = 0
             continue
