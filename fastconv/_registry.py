@@ -373,6 +373,8 @@ CONV2D_BACKWARD = Operation(
                  (8, 3, 64, 64, 32, 5, 2, 2), quick=True, former="stem_5x5_s2"),
         Workload("narrow_8x32x32x32_k3", "a layer narrowing 32 -> 16 channels on 32x32 planes, 3x3",
                  (8, 32, 32, 32, 16, 3, 1, 1)),
+        Workload("odd_3x160x17x23_k3", "few images on an odd, non-square plane: 3 x 160 channels "
+                 "17x23 -> 192, 3x3", (3, 160, 17, 23, 192, 3, 1, 1)),
     ),
     flops=lambda d: 2 * _conv_flops(d),  # grad input and grad weight
     nbytes=lambda d, itemsize: 2 * _conv_nbytes(d, itemsize),
