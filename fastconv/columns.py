@@ -258,7 +258,7 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
                 continue
             for col in range(inner):
                 d, e = at + place[col + pl], src + np.uint64(col)
-                for c in range(last):
+                for c in range(np.uint64(block), last):
                     staged[d + c] = xf[e + c * uhw]
 
 

@@ -8,7 +8,7 @@ import fastconv as fc
 from fastconv import reference
 from fastconv._args import geometry
 from fastconv._seeds import im2col_loop
-from fastconv.columns import im2col_stacked_into
+from fastconv.columns import im2col_stacked_into, stage_rows
 
 from cases import IM2COL_CASES as CASES
 from conftest import DTYPES, assert_matches, layouts, random_array
@@ -218,7 +218,6 @@ def test_stage_rows_copies_a_band_channels_last(width):
     transform: a band of padded rows of a channel range, columns in phase order,
     zero outside the image; long rows (copied a few channels at a time, the last
     group partial here) and short ones (a column at a time) alike."""
-    from fastconv.columns import stage_rows
     rng = np.random.default_rng(width)
     x = rng.standard_normal((2, 23, 9, width)).astype(np.float32)
     n, c0, group, first, rows, pt, pl, m = 1, 3, 19, 2, 8, 3, 2, 2
