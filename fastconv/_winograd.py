@@ -58,6 +58,7 @@ from numba import prange
 from . import _blas, _workspace
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
+from ._intrinsics import transpose_add_block
 from .columns import stage_rows
 
 
@@ -278,8 +279,18 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
     row_offsets = np.arange(alpha) * plane  # s[j] over j
     starts = np.empty(alpha, np.int64)
     coefs = np.empty(alpha, mm.dtype)
-    whole = min(tw, ow // m)  # tile columns inside the plane
     step = np.uint64(n_out)  # from one tile column to the next in y
+    whole = min(tw, ow // m)  # tile columns inside the plane
+    # Blocks of L output channels by L columns of whole tiles move with vector
+    # shuffles (row i of a block: column i's channels in y; row j: channel j's
+    # columns), the last block of each overlapping the one before where L does
+    # not divide the count; with fewer than L of either, columns go one by one.
+    lanes = 64 // mm.itemsize
+    blocked = n_out >= lanes and whole * m >= lanes and lanes % m == 0
+    blocked_channels = n_out if blocked else 0
+    blocked_columns = whole * m if blocked else 0
+    src_rows = (np.arange(lanes) % m * plane + np.arange(lanes) // m * n_out).astype(np.uint64)
+    dst_rows = (np.arange(lanes) * (oh * ow)).astype(np.uint64)
     s = np.empty(alpha * plane, mm.dtype)
     y = np.empty(m * plane, mm.dtype)
     for u in range(m):
@@ -295,33 +306,40 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
                 row = (a0 + a) * m + u
                 if row >= oh:
                     break
-                for o in range(n_out):
+                tile = (k * th + a) * tw
+                dst = np.uint64((((n0 + k) * n_out) * oh + row) * ow)
+                for o in range(0, blocked_channels, lanes):
+                    o = min(o, n_out - lanes)  # the last block overlaps the one before
+                    for col in range(0, blocked_columns, lanes):
+                        col = min(col, blocked_columns - lanes)
+                        transpose_add_block(y, (tile + col // m) * n_out + o, src_rows, outf,
+                                            dst + np.uint64(o * oh * ow + col), dst_rows, bias, o)
+                for o in range(n_out):  # the columns of channels not moved in blocks
                     bo = bias[o]
-                    dst = np.uint64((((n0 + k) * n_out + o) * oh + row) * ow)
-                    src = np.uint64(((k * th + a) * tw) * n_out + o)
+                    d = dst + np.uint64(o * oh * ow)
+                    src = np.uint64(tile * n_out + o)
+                    first = blocked_columns // m if o < blocked_channels else 0
                     if m == 4:
                         p0, p1 = src, src + np.uint64(plane)
                         p2, p3 = p1 + np.uint64(plane), p1 + np.uint64(2 * plane)
-                        for b in range(np.uint64(whole)):
-                            d, e = dst + np.uint64(4) * b, b * step
-                            outf[d] = y[p0 + e] + bo
-                            outf[d + np.uint64(1)] = y[p1 + e] + bo
-                            outf[d + np.uint64(2)] = y[p2 + e] + bo
-                            outf[d + np.uint64(3)] = y[p3 + e] + bo
-                        first = whole
+                        for b in range(np.uint64(first), np.uint64(whole)):
+                            c, e = d + np.uint64(4) * b, b * step
+                            outf[c] = y[p0 + e] + bo
+                            outf[c + np.uint64(1)] = y[p1 + e] + bo
+                            outf[c + np.uint64(2)] = y[p2 + e] + bo
+                            outf[c + np.uint64(3)] = y[p3 + e] + bo
+                        first = max(first, whole)
                     elif m == 2:
                         p0, p1 = src, src + np.uint64(plane)
-                        for b in range(np.uint64(whole)):
-                            d, e = dst + np.uint64(2) * b, b * step
-                            outf[d] = y[p0 + e] + bo
-                            outf[d + np.uint64(1)] = y[p1 + e] + bo
-                        first = whole
-                    else:
-                        first = 0
+                        for b in range(np.uint64(first), np.uint64(whole)):
+                            c, e = d + np.uint64(2) * b, b * step
+                            outf[c] = y[p0 + e] + bo
+                            outf[c + np.uint64(1)] = y[p1 + e] + bo
+                        first = max(first, whole)
                     for b in range(first, tw):
                         e = src + np.uint64(b) * step
                         for vv in range(min(m, ow - b * m)):
-                            outf[dst + np.uint64(b * m + vv)] = y[e + np.uint64(vv * plane)] + bo
+                            outf[d + np.uint64(b * m + vv)] = y[e + np.uint64(vv * plane)] + bo
 
 
 @kernel

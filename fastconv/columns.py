@@ -22,6 +22,7 @@ from . import reference
 from ._args import accepts_dask, as_array, check_ndim, contiguous, geometry, output, uses_kernel
 from ._args import input_shape as _shape_argument
 from ._config import kernel, serial_kernel
+from ._intrinsics import transpose_block
 
 __all__ = ["im2col", "col2im"]
 
@@ -206,17 +207,12 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
     ``staged[((r - first)*m*phase + l*phase + b)*group + c]``. With m = 1 the
     columns keep their order.
 
-    Long rows (``LONG_ROW`` image columns or more), and rows of planes that
-    share L1 sets (:func:`_planes_alias`), are copied a channel at a time,
-    reading each row contiguously, ``STAGE_CHANNELS`` channels over the whole
-    band before the next ones; other rows a column at a time across all
-    channels. Measured per image: 64x64 planes of 64 channels 354 -> 86 us and
-    32x32 ones 44 -> 21 us (reading every channel of a column in turn missed
-    the L1 cache on every value), 112x112 of 64 322 -> 221 us; 56x56 of 64
-    56 against 60 us and 28x28 of 256 55 against 65 us the other way. Images
-    not in cache, 64x64 of 64: 410 us with every channel of a row in turn (64
-    streams of reads, more than the prefetchers follow), 140-160 us by blocks
-    of 4 to 16 channels.
+    Square blocks of L channels by L columns (L values fill a 64-byte vector)
+    move with vector shuffles (:func:`fastconv._intrinsics.transpose_block`),
+    L channels over the whole band before the next ones: the reads are L
+    sequential streams, which the prefetchers follow. Where L divides neither
+    count, the last block overlaps the one before. With fewer than L channels
+    or columns, values are copied one at a time, a column of channels after another.
     """
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
     width = m * phase
@@ -224,7 +220,8 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
     inner = max(0, min(wd, width - pl))  # image columns inside the band
     uhw = np.uint64(h * wd)
     xf = x.ravel()
-    by_channel = inner >= LONG_ROW or _planes_alias(h * wd * x.itemsize, group)
+    lanes = 64 // x.itemsize
+    planes = np.arange(lanes).astype(np.uint64) * uhw  # channel c0 + i at src + planes[i]
     place = np.empty(width, np.uint64)  # padded column -> its offset in a staged row
     for b in range(phase):
         for l in range(m):
@@ -239,49 +236,28 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
             if col < pl or col >= pl + inner:
                 for c in range(np.uint64(group)):
                     staged[at + place[col] + c] = 0
-    # By channel, STAGE_CHANNELS channels at a time over the whole band: the reads
-    # are that many sequential streams, which the prefetchers follow.
-    step = STAGE_CHANNELS if by_channel else group
-    for block in range(0, group, step):
-        last = np.uint64(min(group, block + step))
+    blocked = inner >= lanes and group >= lanes
+    for block in range(0, group if blocked else 0, lanes):
+        block = min(block, group - lanes)  # the last block overlaps the one before
         for r in range(rows):
             row = first + r - pt
             if row < 0 or row >= h:
                 continue
-            at = np.uint64(r * pitch)
-            src = np.uint64(((n * channels + c0) * h + row) * wd)
-            if by_channel:
-                for c in range(np.uint64(block), last):
-                    e = src + c * uhw
-                    for col in range(inner):
-                        staged[at + place[col + pl] + c] = xf[e + np.uint64(col)]
-                continue
-            for col in range(inner):
-                d, e = at + place[col + pl], src + np.uint64(col)
-                for c in range(np.uint64(block), last):
-                    staged[d + c] = xf[e + c * uhw]
-
-
-#: Channels :func:`stage_rows` copies together over a whole band of rows, a
-#: channel at a time (8 ran 0.9-1.1x the time of 16 on 8 strided and Winograd layers).
-STAGE_CHANNELS = 8
-
-
-#: Image columns from which :func:`stage_rows` copies a row a channel at a time.
-LONG_ROW = 64
-
-
-@serial_kernel
-def _planes_alias(plane_bytes, channels):
-    """Whether reading one value of each of ``channels`` planes ``plane_bytes``
-    apart in turn puts more than four lines into one set of a 64-set L1 cache
-    (planes a multiple of 4 KB apart share a single set)."""
-    if plane_bytes % 64:
-        return False
-    step, shared = (plane_bytes // 64) % 64, 64
-    while step % shared:
-        shared //= 2
-    return channels * shared > 4 * 64
+            at = np.uint64(r * pitch + block)
+            src = np.uint64(((n * channels + c0 + block) * h + row) * wd)
+            for col in range(0, inner, lanes):
+                col = min(col, inner - lanes)
+                transpose_block(xf, src + np.uint64(col), planes, staged, at,
+                                place[pl + col:pl + col + lanes])
+    for r in range(rows if not blocked else 0):
+        row = first + r - pt
+        if row < 0 or row >= h:
+            continue
+        at, src = np.uint64(r * pitch), np.uint64(((n * channels + c0) * h + row) * wd)
+        for col in range(inner):
+            d, e = at + place[col + pl], src + np.uint64(col)
+            for c in range(np.uint64(group)):
+                staged[d + c] = xf[e + c * uhw]
 
 
 @serial_kernel

@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 import fastconv as fc
 from fastconv import reference
 from fastconv._args import geometry
+from fastconv._intrinsics import TRANSPOSE_LANES, transpose_add_block, transpose_block
 from fastconv._seeds import im2col_loop
 from fastconv.columns import im2col_stacked_into, stage_rows
 
@@ -212,19 +214,52 @@ def test_property_matches_reference_and_adjoint(case, dtype):
     assert abs(lhs - rhs) <= 1e-4 * max(1.0, float(np.abs(cols).sum() * np.abs(c).max(initial=0)))
 
 
-@pytest.mark.parametrize("width", [70, 21])
-def test_stage_rows_copies_a_band_channels_last(width):
+@njit
+def _moved(src, src_rows, dst_size, dst_rows, add):
+    """transpose_block and transpose_add_block from src[7:] into dst[5:] of two
+    arrays of NaN."""
+    plain, added = np.full(dst_size, np.nan, src.dtype), np.full(dst_size, np.nan, src.dtype)
+    transpose_block(src, 7, src_rows, plain, np.uint64(5), dst_rows)
+    transpose_add_block(src, 7, src_rows, added, 5, dst_rows, add, 2)
+    return plain, added
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offsets", [np.int64, np.uint64, np.int32])
+def test_transpose_block_moves_a_square_block(offsets, dtype):
+    """L rows of L values anywhere in the source become L columns anywhere in
+    the destination (L values fill 64 bytes), with or without a value added to
+    each destination row; nothing else is written."""
+    lanes = TRANSPOSE_LANES[np.dtype(dtype)]
+    rng = np.random.default_rng(lanes)
+    src, add = rng.standard_normal(40 * lanes).astype(dtype), rng.standard_normal(lanes + 2).astype(dtype)
+    src_rows = rng.permutation(np.arange(lanes) * 2 * lanes + 3).astype(offsets)
+    dst_rows = rng.permutation(np.arange(lanes + 2) * 3 * lanes)[:lanes].astype(offsets)
+    plain, added = _moved(src, src_rows, 5 + 3 * lanes * (lanes + 2), dst_rows, add)
+    expected = np.full_like(plain, np.nan)
+    block = np.stack([src[7 + int(r):][:lanes] for r in src_rows])  # (i, j) = src[7 + src_rows[i] + j]
+    for j, r in enumerate(dst_rows):
+        expected[5 + int(r):][:lanes] = block[:, j]
+    np.testing.assert_array_equal(plain, expected)
+    for j, r in enumerate(dst_rows):
+        expected[5 + int(r):][:lanes] += add[2 + j]
+    np.testing.assert_array_equal(added, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width, group", [(70, 19), (21, 19), (9, 19), (21, 5)])
+def test_stage_rows_copies_a_band_channels_last(width, group, dtype):
     """The channels-last copy under the window rows and the Winograd input
     transform: a band of padded rows of a channel range, columns in phase order,
-    zero outside the image; long rows (copied a few channels at a time, the last
-    group partial here) and short ones (a column at a time) alike."""
+    zero outside the image; square blocks of channels and columns (the last ones
+    overlapping) where there are enough of both, value by value where not."""
     rng = np.random.default_rng(width)
-    x = rng.standard_normal((2, 23, 9, width)).astype(np.float32)
-    n, c0, group, first, rows, pt, pl, m = 1, 3, 19, 2, 8, 3, 2, 2
+    x = rng.standard_normal((2, 23, 9, width)).astype(dtype)
+    n, c0, first, rows, pt, pl, m = 1, 3, 2, 8, 3, 2, 2
     phase = -(-(width + pl + 1) // m)
-    staged = np.full(rows * m * phase * group, np.nan, np.float32)
+    staged = np.full(rows * m * phase * group, np.nan, dtype)
     stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged)
-    padded = np.zeros((group, x.shape[2] + 2 * pt + rows, m * phase), np.float32)
+    padded = np.zeros((group, x.shape[2] + 2 * pt + rows, m * phase), dtype)
     padded[:, pt:pt + x.shape[2], pl:pl + width] = x[n, c0:c0 + group]
     band = padded[:, first:first + rows]  # (group, rows, columns)
     expected = band.reshape(group, rows, phase, m).transpose(1, 3, 2, 0)  # column b*m + l at l*phase + b
