@@ -58,7 +58,7 @@ from numba import prange
 from . import _blas, _workspace
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
-from ._intrinsics import transpose_add_block
+from ._intrinsics import transpose_add_block, transpose_block
 from .columns import stage_rows
 
 
@@ -419,10 +419,11 @@ def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du
             gemm_at(addr, du[t].reshape((alpha2, n_out * cg)), gg, dw_parts[t], 0.0)
 
 
-def weight_transform(w, variant, u, adjoint=False):
+def weight_transform(w, variant, u, taps, adjoint=False):
     """U[xi, c, o] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
     ``(alpha**2, C, O)`` in ``w.dtype``, for a C-contiguous w (O, C, r, r).
-    Recomputed on every call: weights are often updated in place.
+    Recomputed on every call: weights are often updated in place. ``taps`` is
+    scratch of ``w.size`` values (unused with ``adjoint``).
 
     With ``adjoint``, ``w`` is the weight (O, C/groups, r, r) of the convolution
     whose input gradient this one computes, and U is that of its flipped
@@ -433,18 +434,47 @@ def weight_transform(w, variant, u, adjoint=False):
     size = u.shape[1] * u.shape[2]
     threads = thread_count()
     pieces = max(threads, -(-size // WEIGHT_PIECE))
-    _weight_transform(w.reshape(w.shape[0], w.shape[1], -1), variant.g.astype(w.dtype), u, pieces,
-                      threads, adjoint, work=u.size)
+    w3 = w.reshape(w.shape[0], w.shape[1], -1)
+    lanes = 64 // w.itemsize
+    if adjoint or w.shape[0] < lanes or w3[0].size < lanes:
+        taps = taps[:0]  # gathered a filter at a time
+    else:
+        _filter_taps(w.reshape(w.shape[0], -1), w3.shape[2], taps, threads, work=w.size)
+    _weight_transform(w3, variant.g.astype(w.dtype), u, taps, pieces, threads, adjoint, work=u.size)
     return max(w.max(), -w.min())
 
 
 @kernel
-def _weight_transform(w, g, u, pieces, threads, adjoint):
+def _filter_taps(w2, taps_count, taps, threads):
+    """taps[k*C*O + c*O + o] = w[o, c, k] for w2 (O, C*taps_count) (at least L
+    rows and columns), by square blocks of L filters by L taps
+    (:func:`fastconv._intrinsics.transpose_block`, the last ones overlapping).
+    Gathering a filter's taps at a time took 0.6-0.8 ns a value."""
+    filters, width = w2.shape
+    lanes = 64 // w2.itemsize
+    wf = w2.ravel()
+    src_rows = (np.arange(lanes) * width).astype(np.uint64)
+    dst_rows = np.empty(width, np.uint64)  # tap column c*taps_count + k -> its taps row
+    for j in range(width):
+        dst_rows[j] = (j % taps_count) * (width // taps_count) * filters + (j // taps_count) * filters
+    blocks = -(-width // lanes)
+    for t in prange(threads):
+        for block in range(t * blocks // threads, (t + 1) * blocks // threads):
+            j = min(block * lanes, width - lanes)
+            for o in range(0, filters, lanes):
+                o = min(o, filters - lanes)
+                transpose_block(wf, o * width + j, src_rows, taps, o, dst_rows[j:j + lanes])
+
+
+@kernel
+def _weight_transform(w, g, u, taps_in, pieces, threads, adjoint):
     """:func:`weight_transform` of w (O, C/groups, r*r) as two passes of linear
     combinations (:func:`_combine`) over runs of U's (rows, columns) plane,
     ``pieces`` of them, split among ``threads`` tasks (a GEMM with a 9-long inner
-    dimension ran at a tenth of the BLAS peak here). Each thread allocates its
-    scratch once: allocations of ~100 KB per piece cost more than the piece."""
+    dimension ran at a tenth of the BLAS peak here), from ``taps_in`` (r*r, rows,
+    columns) where it is not empty (:func:`_filter_taps`), else gathering each
+    piece's taps a filter at a time. Each thread allocates its scratch once:
+    allocations of ~100 KB per piece cost more than the piece."""
     channels, taps_count = w.shape[1], w.shape[2]
     alpha, r = g.shape
     rows, columns = u.shape[1], u.shape[2]
@@ -452,15 +482,16 @@ def _weight_transform(w, g, u, pieces, threads, adjoint):
     last = taps_count - 1
     wf, uf = w.ravel(), u.ravel()
     longest = -(-size // pieces)
+    gather = taps_in.size == 0
     for t in prange(threads):
-        taps = np.empty(taps_count * longest, w.dtype)  # taps[k, e - p0]: the filter at U[:, row, column]
+        taps = np.empty(taps_count * longest if gather else 0, w.dtype)  # taps[k, e - p0]
         half = np.empty(alpha * r * longest, w.dtype)  # (G w)[i, l] = sum_a G[i, a] w[a, l]
         starts = np.empty(r, np.int64)
         coefs = np.empty(r, w.dtype)
         for piece in range(t * pieces // threads, (t + 1) * pieces // threads):
             p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
             n = p1 - p0
-            for e in range(p0, p1):
+            for e in range(p0, p1 if gather else p0):
                 row = e // columns
                 column = e - row * columns
                 if adjoint:  # w[group's filter row, channel column within the group], reversed
@@ -473,10 +504,11 @@ def _weight_transform(w, g, u, pieces, threads, adjoint):
                     src = np.uint64((column * channels + row) * taps_count)
                     for k in range(taps_count):
                         taps[k * n + e - p0] = wf[src + np.uint64(k)]
-            tap_rows, half_rows = np.arange(r) * (r * n), np.arange(r) * n
+            source, pitch, at = (taps, n, 0) if gather else (taps_in, size, p0)
+            tap_rows, half_rows = np.arange(r) * (r * pitch), np.arange(r) * n
             for i in range(alpha):
-                st, co = _terms(g[i], starts, coefs, tap_rows, 0)
-                _combine(half, i * r * n, n, taps, st, n, co, r, n)
+                st, co = _terms(g[i], starts, coefs, tap_rows, at)
+                _combine(half, i * r * n, n, source, st, pitch, co, r, n)
             for i in range(alpha):  # U[i, j] = sum_l G[j, l] (G w)[i, l]
                 for j in range(alpha):
                     st, co = _terms(g[j], starts, coefs, half_rows, i * r * n)
@@ -652,8 +684,8 @@ def convolve(x, w, b, geom, out, variant=None, adjoint=False):
     th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
     with _workspace.scratch(dtype, (xi, cg, o), (threads, xi * c * capacity),
-                            (threads, xi * o * capacity)) as (u, vbuf, mbuf):
-        wmax = weight_transform(w, variant, u, adjoint)
+                            (threads, xi * o * capacity), (w.size,)) as (u, vbuf, mbuf, taps):
+        wmax = weight_transform(w, variant, u, taps, adjoint)
         if not np.isfinite(wmax):
             return None
         limit = dtype.type(_input_limit(variant, cg, wmax, dtype))

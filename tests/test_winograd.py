@@ -272,6 +272,27 @@ def test_transform_matrices_are_exact():
         np.testing.assert_allclose(v.at @ ((v.g @ g) * (v.bt @ d)), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("filters, channels, r", [(40, 3, 3), (16, 7, 5), (9, 30, 3), (33, 20, 3)])
+def test_weight_transform(filters, channels, r, dtype):
+    """U = G w G^T for every filter, and for the adjoint with channels and
+    filters swapped and taps reversed: taps moved in square blocks (the last
+    filters and taps overlapping the blocks before) or a filter at a time."""
+    rng = np.random.default_rng(filters)
+    variant = _winograd.F2_5 if r == 5 else _winograd.F4
+    w = rng.standard_normal((filters, channels, r, r)).astype(dtype)
+    u = np.empty((variant.alpha ** 2, channels, filters), dtype)
+    taps = np.full(w.size, np.nan, dtype)
+    assert _winograd.weight_transform(w, variant, u, taps) == np.abs(w).max()
+    expected = np.einsum("ia,ocab,jb->ijco", variant.g, w, variant.g).reshape(u.shape)
+    assert_matches(u, expected.astype(dtype))
+    adjoint = np.empty((variant.alpha ** 2, filters, channels), dtype)
+    _winograd.weight_transform(w, variant, adjoint, taps, adjoint=True)
+    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    expected = np.einsum("ia,ocab,jb->ijco", variant.g, flipped, variant.g).reshape(adjoint.shape)
+    assert_matches(adjoint, expected.astype(dtype))
+
+
 @pytest.mark.parametrize("terms", range(1, 13))
 def test_combine_sums_any_number_of_terms(terms):
     """The transforms' building block, in passes of up to five terms, over
