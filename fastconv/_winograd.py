@@ -423,7 +423,8 @@ def weight_transform(w, variant, u, taps, adjoint=False):
     """U[xi, c, o] = (G w[o, c] G^T)[i, j], ``xi = i*alpha + j``, into ``u``
     ``(alpha**2, C, O)`` in ``w.dtype``, for a C-contiguous w (O, C, r, r).
     Recomputed on every call: weights are often updated in place. ``taps`` is
-    scratch of ``w.size`` values (unused with ``adjoint``).
+    scratch for the filters' taps reordered; with fewer than ``w.size`` values,
+    or with ``adjoint``, each piece gathers its own.
 
     With ``adjoint``, ``w`` is the weight (O, C/groups, r, r) of the convolution
     whose input gradient this one computes, and U is that of its flipped
@@ -436,7 +437,7 @@ def weight_transform(w, variant, u, taps, adjoint=False):
     pieces = max(threads, -(-size // WEIGHT_PIECE))
     w3 = w.reshape(w.shape[0], w.shape[1], -1)
     lanes = 64 // w.itemsize
-    if adjoint or w.shape[0] < lanes or w3[0].size < lanes:
+    if adjoint or taps.size < w.size or w.shape[0] < lanes or w3[0].size < lanes:
         taps = taps[:0]  # gathered a filter at a time
     else:
         _filter_taps(w.reshape(w.shape[0], -1), w3.shape[2], taps, threads, work=w.size)
@@ -684,8 +685,9 @@ def convolve(x, w, b, geom, out, variant=None, adjoint=False):
     th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
     with _workspace.scratch(dtype, (xi, cg, o), (threads, xi * c * capacity),
-                            (threads, xi * o * capacity), (w.size,)) as (u, vbuf, mbuf, taps):
-        wmax = weight_transform(w, variant, u, taps, adjoint)
+                            (threads, xi * o * capacity)) as (u, vbuf, mbuf):
+        # the filters' taps are reordered in V's space, before V is used
+        wmax = weight_transform(w, variant, u, vbuf.reshape(-1)[:w.size], adjoint)
         if not np.isfinite(wmax):
             return None
         limit = dtype.type(_input_limit(variant, cg, wmax, dtype))

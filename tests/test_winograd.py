@@ -277,7 +277,8 @@ def test_transform_matrices_are_exact():
 def test_weight_transform(filters, channels, r, dtype):
     """U = G w G^T for every filter, and for the adjoint with channels and
     filters swapped and taps reversed: taps moved in square blocks (the last
-    filters and taps overlapping the blocks before) or a filter at a time."""
+    filters and taps overlapping the blocks before) or, with too few filters
+    or too little scratch, a filter at a time."""
     rng = np.random.default_rng(filters)
     variant = _winograd.F2_5 if r == 5 else _winograd.F4
     w = rng.standard_normal((filters, channels, r, r)).astype(dtype)
@@ -286,6 +287,9 @@ def test_weight_transform(filters, channels, r, dtype):
     assert _winograd.weight_transform(w, variant, u, taps) == np.abs(w).max()
     expected = np.einsum("ia,ocab,jb->ijco", variant.g, w, variant.g).reshape(u.shape)
     assert_matches(u, expected.astype(dtype))
+    gathered = np.empty_like(u)
+    _winograd.weight_transform(w, variant, gathered, taps[:-1])
+    np.testing.assert_array_equal(gathered, u)
     adjoint = np.empty((variant.alpha ** 2, filters, channels), dtype)
     _winograd.weight_transform(w, variant, adjoint, taps, adjoint=True)
     flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
