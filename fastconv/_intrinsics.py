@@ -168,7 +168,8 @@ def _transpose_signature(src, s0, src_rows, dst, d0, dst_rows, add=None, a0=None
                     and a.dtype in types.integer_domain for a in (src_rows, dst_rows))
             and all(isinstance(a, types.Integer) for a in (s0, d0) + ((a0,) if add is not None else ()))):
         return None
-    return types.void(*arrays[:1], s0, src_rows, dst, d0, dst_rows, *(() if add is None else (add, a0)))
+    extra = () if add is None else (add, a0)
+    return types.void(src, s0, src_rows, dst, d0, dst_rows, *extra)
 
 
 def _transpose_codegen(context, builder, signature, args):
