@@ -25,7 +25,7 @@ from numba import config, types
 from numba.extending import intrinsic, overload
 
 __all__ = ["add_reassoc", "max_ignoring_nan", "exp_nonpositive", "transpose_block",
-           "transpose_add_block", "TRANSPOSE_LANES"]
+           "transpose_add_block", "TRANSPOSE_LANES", "VECTOR_BYTES"]
 
 _FLOATS = (types.float32, types.float64)
 
@@ -146,9 +146,12 @@ def _exp_nonpositive_impl(x):
     return None
 
 
-#: Values of each dtype that fill a 64-byte vector: the side of the square block
-#: :func:`transpose_block` moves.
-TRANSPOSE_LANES = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}
+#: Bytes of the vectors :func:`transpose_block` moves (AVX-512's width; LLVM
+#: splits them where the machine's vectors are narrower).
+VECTOR_BYTES = 64
+#: Values of each dtype that fill a vector: the side of the square block
+#: :func:`transpose_block` moves (``VECTOR_BYTES // itemsize`` in the kernels).
+TRANSPOSE_LANES = {np.dtype(t): VECTOR_BYTES // np.dtype(t).itemsize for t in (np.float32, np.float64)}
 
 
 def _transpose_python(src, s0, src_rows, dst, d0, dst_rows, add=None, a0=0):
@@ -176,7 +179,7 @@ def _transpose_codegen(context, builder, signature, args):
     """The body of :func:`transpose_block` (and of :func:`transpose_add_block`
     where ``signature`` has the two extra arguments)."""
     dtype = signature.args[0].dtype
-    lanes = 512 // dtype.bitwidth
+    lanes = VECTOR_BYTES * 8 // dtype.bitwidth
     index = ir.IntType(64)
 
     def data(i):

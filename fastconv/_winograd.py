@@ -58,7 +58,7 @@ from numba import prange
 from . import _blas, _workspace
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
-from ._intrinsics import transpose_add_block, transpose_block
+from ._intrinsics import VECTOR_BYTES, transpose_add_block, transpose_block
 from .columns import stage_rows
 
 
@@ -285,7 +285,7 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
     # shuffles (row i of a block: column i's channels in y; row j: channel j's
     # columns), the last block of each overlapping the one before where L does
     # not divide the count; with fewer than L of either, columns go one by one.
-    lanes = 64 // mm.itemsize
+    lanes = VECTOR_BYTES // mm.itemsize
     blocked = n_out >= lanes and whole * m >= lanes and lanes % m == 0
     blocked_channels = n_out if blocked else 0
     blocked_columns = whole * m if blocked else 0
@@ -436,7 +436,7 @@ def weight_transform(w, variant, u, taps, adjoint=False):
     threads = thread_count()
     pieces = max(threads, -(-size // WEIGHT_PIECE))
     w3 = w.reshape(w.shape[0], w.shape[1], -1)
-    lanes = 64 // w.itemsize
+    lanes = VECTOR_BYTES // w.itemsize
     if adjoint or taps.size < w.size or w.shape[0] < lanes or w3[0].size < lanes:
         taps = taps[:0]  # gathered a filter at a time
     else:
@@ -452,12 +452,12 @@ def _filter_taps(w2, taps_count, taps, threads):
     (:func:`fastconv._intrinsics.transpose_block`, the last ones overlapping).
     Gathering a filter's taps at a time took 0.6-0.8 ns a value."""
     filters, width = w2.shape
-    lanes = 64 // w2.itemsize
+    lanes = VECTOR_BYTES // w2.itemsize
     wf = w2.ravel()
     src_rows = (np.arange(lanes) * width).astype(np.uint64)
     dst_rows = np.empty(width, np.uint64)  # tap column c*taps_count + k -> its taps row
     for j in range(width):
-        dst_rows[j] = (j % taps_count) * (width // taps_count) * filters + (j // taps_count) * filters
+        dst_rows[j] = ((j % taps_count) * (width // taps_count) + j // taps_count) * filters
     blocks = -(-width // lanes)
     for t in prange(threads):
         for block in range(t * blocks // threads, (t + 1) * blocks // threads):
@@ -492,7 +492,7 @@ def _weight_transform(w, g, u, taps_in, pieces, threads, adjoint):
         for piece in range(t * pieces // threads, (t + 1) * pieces // threads):
             p0, p1 = piece * size // pieces, (piece + 1) * size // pieces
             n = p1 - p0
-            for e in range(p0, p1 if gather else p0):
+            for e in range(p0, p1 if gather else p0):  # no gathering where taps_in holds them
                 row = e // columns
                 column = e - row * columns
                 if adjoint:  # w[group's filter row, channel column within the group], reversed

@@ -22,7 +22,7 @@ from . import reference
 from ._args import accepts_dask, as_array, check_ndim, contiguous, geometry, output, uses_kernel
 from ._args import input_shape as _shape_argument
 from ._config import kernel, serial_kernel
-from ._intrinsics import transpose_block
+from ._intrinsics import VECTOR_BYTES, transpose_block
 
 __all__ = ["im2col", "col2im"]
 
@@ -220,7 +220,7 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
     inner = max(0, min(wd, width - pl))  # image columns inside the band
     uhw = np.uint64(h * wd)
     xf = x.ravel()
-    lanes = 64 // x.itemsize
+    lanes = VECTOR_BYTES // x.itemsize
     planes = np.arange(lanes).astype(np.uint64) * uhw  # channel c0 + i at src + planes[i]
     place = np.empty(width, np.uint64)  # padded column -> its offset in a staged row
     for b in range(phase):
