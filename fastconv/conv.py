@@ -293,6 +293,7 @@ def _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, chunk, groups, kh, kw,
     o = out3.shape[1]
     rows = x.shape[1] * kh * kw
     og, rg, p = o // groups, rows // groups, oh * ow
+    pixel_at = np.arange(p).astype(np.uint64) * np.uint64(o)  # output pixel -> its row of tmp
     for t in prange(threads):
         stop = (t + 1) * n // threads
         for i0 in range(t * n // threads, stop, chunk):
@@ -305,7 +306,7 @@ def _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, chunk, groups, kh, kw,
                     gemm(addr, win[:, g * rg:(g + 1) * rg], w2[g * og:(g + 1) * og],
                          mt[:, g * og:(g + 1) * og], True, 0.0)
                 for i in range(i0, i1):
-                    channels_first(mt[(i - i0) * p:(i - i0 + 1) * p], out3[i], b)
+                    channels_first(mt[(i - i0) * p:(i - i0 + 1) * p].reshape(p * o), pixel_at, out3[i], b)
                 continue
             im2col_serial(x[i0:i1], c.reshape((rows * (i1 - i0), p)), i1 - i0, 1,
                           kh, kw, sh, sw, dh, dw, pt, pl, 0, oh, ow)
