@@ -48,7 +48,8 @@ _CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
 #: as fast as a kernel launch plus the plan's reshapes.
 _MULTIPLY_MIN_WORK = 1 << 17
 _MATMUL_MIN_WORK = 1 << 15
-#: Elements per task when a result row is split so that few rows still fill the threads.
+#: Values a task writes: fewer than 64 result rows are split into pieces this long (so
+#: that they still fill the threads), short rows are grouped up to it.
 _BLOCK = 1 << 14
 _MAX_PLANS = 4096
 _ONE = (1).__eq__
@@ -394,9 +395,10 @@ class _MultiplyPlan:
         target = buffer if buffer is not None else np.empty(
             [sizes[label] for label in context.memory_labels], dtype)
         stride_a, stride_b = self._strides(sizes, inner)
+        block = inner if rows >= 64 else _BLOCK
         _multiply_rows(
             target.reshape(rows, inner), x, y, np.array(outer, np.int64), stride_a, stride_b,
-            self.a_inner, self.b_inner, inner if rows >= 64 else _BLOCK, work=work,
+            self.a_inner, self.b_inner, block, max(1, _BLOCK // block), work=work,
         )
         return context.finish(result, buffer, out, target)
 
@@ -415,33 +417,61 @@ class _MultiplyPlan:
 
 
 @kernel
-def _multiply_rows(out, a, b, outer, stride_a, stride_b, a_inner, b_inner, block):
+def _multiply_rows(out, a, b, outer, stride_a, stride_b, a_inner, b_inner, block, span):
+    """out[row, k] = the product of a's and b's values at row (an index over the
+    ``outer`` sizes) and k, in pieces of at most ``block`` values of a row,
+    ``span`` consecutive pieces a task: a task works out its first row's offsets
+    and steps the index from there (dividing per row cost more than short rows'
+    products)."""
     rows, m = out.shape
+    flat = out.reshape(rows * m)
     blocks_per_row = (m + block - 1) // block
-    for task in prange(rows * blocks_per_row):
-        row = task // blocks_per_row
-        start = (task % blocks_per_row) * block
-        stop = min(start + block, m)
+    pieces = rows * blocks_per_row
+    dims = outer.shape[0]
+    for task in prange((pieces + span - 1) // span):
+        first = task * span
+        row, part = first // blocks_per_row, first % blocks_per_row
+        index = np.empty(dims, np.int64)
         rest, offset_a, offset_b = row, 0, 0
-        for d in range(outer.shape[0] - 1, -1, -1):
-            index = rest % outer[d]
+        for d in range(dims - 1, -1, -1):
+            index[d] = rest % outer[d]
             rest //= outer[d]
-            offset_a += index * stride_a[d]
-            offset_b += index * stride_b[d]
-        # Slices, not offsets: indices from 0 let LLVM vectorize the loops.
-        o = out[row, start:stop]
-        if a_inner and b_inner:
-            x, y = a[offset_a + start:offset_a + stop], b[offset_b + start:offset_b + stop]
-            for k in range(o.shape[0]):
-                o[k] = x[k] * y[k]
-        elif a_inner:
-            x, s = a[offset_a + start:offset_a + stop], b[offset_b]
-            for k in range(o.shape[0]):
-                o[k] = x[k] * s
-        else:
-            s, y = a[offset_a], b[offset_b + start:offset_b + stop]
-            for k in range(o.shape[0]):
-                o[k] = s * y[k]
+            offset_a += index[d] * stride_a[d]
+            offset_b += index[d] * stride_b[d]
+        for _ in range(first, min(first + span, pieces)):
+            start = part * block
+            count = np.uint64(min(block, m - start))
+            # Unsigned offsets spare numba's negative-index checks, so LLVM
+            # vectorizes the loops (rows of 100 values: 2x faster than slices).
+            at = np.uint64(row * m + start)
+            at_a, at_b = np.uint64(offset_a + start), np.uint64(offset_b + start)
+            if a_inner and b_inner:
+                for k in range(count):
+                    flat[at + k] = a[at_a + k] * b[at_b + k]
+            elif a_inner:
+                scale = b[np.uint64(offset_b)]
+                for k in range(count):
+                    flat[at + k] = a[at_a + k] * scale
+            else:
+                scale = a[np.uint64(offset_a)]
+                for k in range(count):
+                    flat[at + k] = scale * b[at_b + k]
+            part += 1
+            if part < blocks_per_row:
+                continue
+            part = 0
+            row += 1
+            d = dims - 1  # the next row's index, last label fastest
+            while d >= 0:
+                index[d] += 1
+                offset_a += stride_a[d]
+                offset_b += stride_b[d]
+                if index[d] < outer[d] or d == 0:
+                    break
+                offset_a -= outer[d] * stride_a[d]
+                offset_b -= outer[d] * stride_b[d]
+                index[d] = 0
+                d -= 1
 
 
 class _MatmulPlan:
