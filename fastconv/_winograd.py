@@ -24,9 +24,10 @@ ran at 0.55-0.9x the rate here).
 The matrices come from the Cook-Toom construction over a set of interpolation
 points (:func:`_cook_toom`); one table-driven kernel serves every variant.
 
-Schedule: the tiles are split into blocks (:func:`_blocks`: groups of images,
-or bands of tile rows of one image, V and M of a block about ``BLOCK_BYTES``),
-and one numba task per thread runs its blocks start to end: input transform,
+Schedule: each thread takes an equal share of the images' tile rows, split into
+blocks (:func:`_blocks`: groups of images, or bands of tile rows of one image, V
+and M of a block about ``BLOCK_BYTES``), and one numba task per thread runs its
+blocks start to end: input transform,
 the alpha**2 GEMMs as single-threaded BLAS calls (:mod:`fastconv._blas`), output
 transform, while the block is in the core's cache. Where no BLAS is callable
 from kernels, larger chunks (``CHUNK_BYTES``) alternate parallel transforms with
@@ -364,7 +365,7 @@ def _block_views(blocks, k, tw, vbuf, mbuf, t, c, o, alpha2):
 
 
 @kernel
-def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, mbuf, limit, inside):
+def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, starts, addr, vbuf, mbuf, limit, inside):
     """The whole Winograd convolution, one task per thread: for each of the
     thread's blocks of tiles, the input transform into the thread's V, the
     alpha**2 GEMMs ``M[xi] = V[xi] @ U[xi]`` (single-threaded BLAS at ``addr``;
@@ -372,12 +373,12 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
     while V and M are in the core's cache.
     ``inside[t]`` becomes False (and thread t stops) where an input value is
     beyond ``limit``."""
-    threads, n_blocks = vbuf.shape[0], blocks.shape[0]
+    threads = vbuf.shape[0]
     alpha2, cg, n_out = u.shape
     channels = x.shape[1]
     og = n_out // (channels // cg)
     for t in prange(threads):
-        for k in range(t * n_blocks // threads, (t + 1) * n_blocks // threads):
+        for k in range(starts[t], starts[t + 1]):
             n0, a0, ta, v, mm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
             inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, 0, channels, limit)
             if not inside[t]:
@@ -390,19 +391,19 @@ def _fused_forward(x, u, bt, at, bias, out, m, pt, pl, tw, blocks, addr, vbuf, m
 
 
 @kernel
-def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, addr, vbuf, mbuf, du, gg, dw_parts, limit,
-                       inside):
+def _fused_grad_weight(x, dy, bt, a, m, pt, pl, tw, blocks, starts, addr, vbuf, mbuf, du, gg, dw_parts,
+                       limit, inside):
     """The Winograd weight gradient, one task per thread: for each of the
     thread's blocks, V of x and dM = A dy A^T, then ``du[t, xi] += dM[xi]^T @ V[xi]``
     per group (du being (threads, alpha**2, O, C/groups)); at the end the thread's
     dU back to the taps, ``dw_parts[t] = du[t]^T kron(G, G)`` ((O*C/groups, r*r);
     zero for a thread without blocks)."""
-    threads, n_blocks = vbuf.shape[0], blocks.shape[0]
+    threads = vbuf.shape[0]
     alpha2, n_out, cg = du.shape[1], du.shape[2], du.shape[3]
     channels = x.shape[1]
     og = n_out // (channels // cg)
     for t in prange(threads):
-        first, last = t * n_blocks // threads, (t + 1) * n_blocks // threads
+        first, last = starts[t], starts[t + 1]
         for k in range(first, last):
             n0, a0, ta, v, dm = _block_views(blocks, k, tw, vbuf, mbuf, t, channels, n_out, alpha2)
             inside[t] &= _input_channels(x, bt, m, pt, pl, n0, a0, ta, tw, v, 0, channels, limit)
@@ -611,27 +612,44 @@ def choose(n, c, o, oh, ow, r=3, weight_gradient=False):
 def _blocks(n, th, tw, per_tile, budget, parts):
     """Split the ``n * th * tw`` tiles into blocks of about ``budget`` bytes of
     transformed data (``per_tile`` bytes a tile, at least ``MIN_BLOCK_TILES``
-    tiles for the GEMMs' sake): groups of whole images where one fits, else
-    bands of tile rows of one image. Where it can, the count is a multiple of
-    ``parts`` (threads) and block sizes differ by at most one image or row, so
-    that every thread gets the same work.
+    tiles for the GEMMs' sake) for ``parts`` threads.
 
-    Returns the largest block in tiles and the blocks as a (B, 4) int64 array
-    of (first image, images, first tile row, tile rows), the same array for the
-    same arguments (not to be written to)."""
+    Thread t takes the tile rows ``[t*R//parts, (t+1)*R//parts)`` of all the
+    images' R = n*th rows, so the threads' shares differ by at most one tile
+    row (3 images on 2 threads: 48 and 42 tiles, not 30 and 60 as whole images
+    gave). A share is split into groups of whole images where one fits, the
+    groups differing by at most one image, and bands of tile rows of one image
+    (its first and last partial image, or an image too large for one block),
+    the bands differing by at most one row.
+
+    Returns the largest block in tiles, the blocks as a (B, 4) int64 array of
+    (first image, images, first tile row, tile rows), and the first block of
+    each thread as a (parts + 1,) int64 array (thread t runs blocks
+    ``starts[t]`` to ``starts[t + 1]``); the same arrays for the same arguments
+    (not to be written to)."""
     fit = max(tw, MIN_BLOCK_TILES, budget // per_tile)
-    if fit >= th * tw and n >= parts:
-        groups, bands = -(-n // (fit // (th * tw))), 1
-        groups = min(n, parts * -(-groups // parts))
-    else:
-        groups, bands = n, -(-th // (min(fit, th * tw) // tw))
-        while (n * bands) % parts and bands < th:
-            bands += 1
-    images = [(j * n // groups, (j + 1) * n // groups) for j in range(groups)]
-    rows = [(i * th // bands, (i + 1) * th // bands) for i in range(bands)]
-    blocks = np.array([(i0, i1 - i0, a0, a1 - a0) for i0, i1 in images for a0, a1 in rows],
-                      np.int64)
-    return int(blocks[:, 1].max() * blocks[:, 3].max() * tw), blocks
+    images_fit, rows_fit = fit // (th * tw), fit // tw
+    blocks, starts, total = [], [0], n * th
+    for t in range(parts):
+        row, stop = t * total // parts, (t + 1) * total // parts
+        while row < stop:
+            image, a0 = divmod(row, th)
+            whole = (stop - row) // th if a0 == 0 and images_fit else 0
+            if whole:
+                groups = -(-whole // images_fit)
+                blocks += [(image + j * whole // groups, (j + 1) * whole // groups - j * whole // groups,
+                            0, th) for j in range(groups)]
+                row += whole * th
+                continue
+            rows = min(th - a0, stop - row)
+            bands = -(-rows // rows_fit)
+            blocks += [(image, 1, a0 + i * rows // bands, (i + 1) * rows // bands - i * rows // bands)
+                       for i in range(bands)]
+            row += rows
+        starts.append(len(blocks))
+    blocks = np.array(blocks, np.int64).reshape(-1, 4)
+    capacity = int((blocks[:, 1] * blocks[:, 3]).max() * tw) if len(blocks) else 0
+    return capacity, blocks, np.array(starts, np.int64)
 
 
 def _budget(addr, u_bytes):
@@ -644,14 +662,15 @@ def _budget(addr, u_bytes):
 
 def _plan(n, c, o, cg, geom, variant, dtype):
     """A call's tiling for the forward and the weight gradient alike: (tile rows,
-    tile columns, BLAS address or None, threads, largest block in tiles, blocks)."""
+    tile columns, BLAS address or None, threads, largest block in tiles, blocks,
+    each thread's first block)."""
     m, xi = variant.m, variant.alpha ** 2
     th, tw = -(-geom.oh // m), -(-geom.ow // m)
     addr = _blas.address(dtype)
     threads = thread_count() if addr is not None else 1
     budget = _budget(addr, xi * o * cg * dtype.itemsize)
-    capacity, blocks = _blocks(n, th, tw, xi * (c + o) * dtype.itemsize, budget, threads)
-    return th, tw, addr, threads, capacity, blocks
+    capacity, blocks, starts = _blocks(n, th, tw, xi * (c + o) * dtype.itemsize, budget, threads)
+    return th, tw, addr, threads, capacity, blocks, starts
 
 
 def _input_limit(variant, channels, wmax, dtype):
@@ -682,7 +701,7 @@ def convolve(x, w, b, geom, out, variant=None, adjoint=False):
         variant = choose(n, cg, og, geom.oh, geom.ow, w.shape[2])
     m, xi = variant.m, variant.alpha ** 2
     dtype = out.dtype
-    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
+    th, tw, addr, threads, capacity, blocks, starts = _plan(n, c, o, cg, geom, variant, dtype)
     bt, at = variant.bt.astype(dtype), variant.at.astype(dtype)
     with _workspace.scratch(dtype, (xi, cg, o), (threads, xi * c * capacity),
                             (threads, xi * o * capacity)) as (u, vbuf, mbuf):
@@ -694,8 +713,8 @@ def convolve(x, w, b, geom, out, variant=None, adjoint=False):
         if addr is not None:
             inside = np.ones(threads, np.bool_)
             with _blas.one_thread():
-                _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
-                               mbuf, limit, inside, work=out.size * cg)
+                _fused_forward(x, u, bt, at, b, out, m, geom.pt, geom.pl, tw, blocks, starts, addr,
+                               vbuf, mbuf, limit, inside, work=out.size * cg)
             return out if inside.all() else None
         inside = np.ones(-(-c // GROUP), np.bool_)
         for n0, nb, a0, ta in blocks:
@@ -733,7 +752,7 @@ def grad_weight(x, grad_out, geom, dw, variant=None):
     if variant is None:
         variant = choose(n, cg, og, geom.oh, geom.ow, dw.shape[2], weight_gradient=True)
     m, xi = variant.m, variant.alpha ** 2
-    th, tw, addr, threads, capacity, blocks = _plan(n, c, o, cg, geom, variant, dtype)
+    th, tw, addr, threads, capacity, blocks, starts = _plan(n, c, o, cg, geom, variant, dtype)
     # |dU| <= tiles * growth * max|x| * max|dy|: both operands under the square root
     limit = dtype.type(np.sqrt(np.finfo(dtype).max / (4 * variant.growth * _tiles(n, *geom[-2:], m))))
     bt, a = variant.bt.astype(dtype), np.ascontiguousarray(variant.at.T, dtype)
@@ -744,8 +763,9 @@ def grad_weight(x, grad_out, geom, dw, variant=None):
         if addr is not None:
             inside = np.ones(threads, np.bool_)
             with _blas.one_thread():
-                _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, addr, vbuf,
-                                   mbuf, partials, gg, parts, limit, inside, work=grad_out.size * cg)
+                _fused_grad_weight(x, grad_out, bt, a, m, geom.pt, geom.pl, tw, blocks, starts, addr,
+                                   vbuf, mbuf, partials, gg, parts, limit, inside,
+                                   work=grad_out.size * cg)
             if not inside.all():
                 return None
             np.sum(parts, axis=0, out=dw.reshape(o * cg, variant.r ** 2))

@@ -132,16 +132,18 @@ def test_blocks_of_images_and_tile_rows(variant, run, schedule, monkeypatch, rng
 @pytest.mark.parametrize("budget", [1, 50_000, 1 << 30])
 def test_block_plan_covers_every_tile_once(shape, parts, budget):
     """The blocks tile (images x tile rows) exactly once, fit the capacity, and
-    give every thread a share when there are at least as many tile rows as threads."""
+    give the threads shares that differ by at most one tile row."""
     n, th, tw = shape
-    capacity, blocks = _winograd._blocks(n, th, tw, 1000, budget, parts)
+    capacity, blocks, starts = _winograd._blocks(n, th, tw, 1000, budget, parts)
     covered = np.zeros((n, th), int)
     for n0, nb, a0, ta in blocks:
         assert nb >= 1 and ta >= 1 and nb * ta * tw <= capacity
         covered[n0:n0 + nb, a0:a0 + ta] += 1
     assert (covered == 1).all()
-    if n * th >= parts:
-        assert len(blocks) >= parts
+    assert starts[0] == 0 and starts[-1] == len(blocks) and len(starts) == parts + 1
+    rows = [int((blocks[starts[t]:starts[t + 1], 1] * blocks[starts[t]:starts[t + 1], 3]).sum())
+            for t in range(parts)]
+    assert max(rows) - min(rows) <= 1
 
 
 def test_one_tile_and_blocks_across_images(monkeypatch, rng):
