@@ -25,8 +25,8 @@ The matrices come from the Cook-Toom construction over a set of interpolation
 points (:func:`_cook_toom`); one table-driven kernel serves every variant.
 
 Schedule: each thread takes an equal share of the images' tile rows, split into
-blocks (:func:`_blocks`: groups of images, or bands of tile rows of one image, V
-and M of a block about ``BLOCK_BYTES``), and one numba task per thread runs its
+blocks (:func:`fastconv._workspace.blocks`: groups of images, or bands of tile
+rows of one image, V and M of a block about ``BLOCK_BYTES``), and one numba task per thread runs its
 blocks start to end: input transform,
 the alpha**2 GEMMs as single-threaded BLAS calls (:mod:`fastconv._blas`), output
 transform, while the block is in the core's cache. Where no BLAS is callable
@@ -49,7 +49,6 @@ kron(G, G)), and the threads' taps are summed.
 Inputs with NaN, Inf or values large enough to overflow the transforms are
 declined (the functions return None) and computed exactly by the caller.
 """
-import functools
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -608,50 +607,6 @@ def choose(n, c, o, oh, ow, r=3, weight_gradient=False):
     return F4 if min(c, o) >= 64 and t4 >= 80 and 36 * t4 <= 0.65 * 16 * t2 else F2
 
 
-@functools.lru_cache(maxsize=64)
-def _blocks(n, th, tw, per_tile, budget, parts):
-    """Split the ``n * th * tw`` tiles into blocks of about ``budget`` bytes of
-    transformed data (``per_tile`` bytes a tile, at least ``MIN_BLOCK_TILES``
-    tiles for the GEMMs' sake) for ``parts`` threads.
-
-    Thread t takes the tile rows ``[t*R//parts, (t+1)*R//parts)`` of all the
-    images' R = n*th rows, so the threads' shares differ by at most one tile
-    row (3 images on 2 threads: 48 and 42 tiles, not 30 and 60 as whole images
-    gave). A share is split into groups of whole images where one fits, the
-    groups differing by at most one image, and bands of tile rows of one image
-    (its first and last partial image, or an image too large for one block),
-    the bands differing by at most one row.
-
-    Returns the largest block in tiles, the blocks as a (B, 4) int64 array of
-    (first image, images, first tile row, tile rows), and the first block of
-    each thread as a (parts + 1,) int64 array (thread t runs blocks
-    ``starts[t]`` to ``starts[t + 1]``); the same arrays for the same arguments
-    (not to be written to)."""
-    fit = max(tw, MIN_BLOCK_TILES, budget // per_tile)
-    images_fit, rows_fit = fit // (th * tw), fit // tw
-    blocks, starts, total = [], [0], n * th
-    for t in range(parts):
-        row, stop = t * total // parts, (t + 1) * total // parts
-        while row < stop:
-            image, a0 = divmod(row, th)
-            whole = (stop - row) // th if a0 == 0 and images_fit else 0
-            if whole:
-                groups = -(-whole // images_fit)
-                blocks += [(image + j * whole // groups, (j + 1) * whole // groups - j * whole // groups,
-                            0, th) for j in range(groups)]
-                row += whole * th
-                continue
-            rows = min(th - a0, stop - row)
-            bands = -(-rows // rows_fit)
-            blocks += [(image, 1, a0 + i * rows // bands, (i + 1) * rows // bands - i * rows // bands)
-                       for i in range(bands)]
-            row += rows
-        starts.append(len(blocks))
-    blocks = np.array(blocks, np.int64).reshape(-1, 4)
-    capacity = int((blocks[:, 1] * blocks[:, 3]).max() * tw) if len(blocks) else 0
-    return capacity, blocks, np.array(starts, np.int64)
-
-
 def _budget(addr, u_bytes):
     """Bytes of V and M per block: every block's GEMMs read all of U (or
     update all of dU), so with many channels blocks grow until that traffic is
@@ -669,7 +624,8 @@ def _plan(n, c, o, cg, geom, variant, dtype):
     addr = _blas.address(dtype)
     threads = thread_count() if addr is not None else 1
     budget = _budget(addr, xi * o * cg * dtype.itemsize)
-    capacity, blocks, starts = _blocks(n, th, tw, xi * (c + o) * dtype.itemsize, budget, threads)
+    capacity, blocks, starts = _workspace.blocks(n, th, tw, xi * (c + o) * dtype.itemsize, budget,
+                                                 MIN_BLOCK_TILES, threads)
     return th, tw, addr, threads, capacity, blocks, starts
 
 

@@ -7,6 +7,7 @@ at most :data:`LIMIT` bytes between calls; a call that needs more, or that runs
 while another thread holds the buffer, gets memory of its own, freed when it
 returns.
 """
+import functools
 import math
 import threading
 from contextlib import contextmanager
@@ -53,6 +54,49 @@ def images_per_chunk(n, per_image, pixels, parts=1):
     threads."""
     least = -(-MIN_CHUNK_PIXELS // max(pixels, 1))
     return max(1, min(-(-n // parts), max(least, CHUNK_BYTES // max(per_image, 1))))
+
+
+@functools.lru_cache(maxsize=64)
+def blocks(n, rows, width, per_item, budget, least, parts):
+    """Split ``n`` images of ``rows`` rows of ``width`` items (output pixels,
+    or Winograd tiles) into blocks of about ``budget`` bytes (``per_item`` bytes
+    an item, at least ``least`` items) for ``parts`` threads.
+
+    Thread t takes the rows ``[t*R//parts, (t+1)*R//parts)`` of all the images'
+    R = n*rows rows, so the threads' shares differ by at most one row (3 images
+    on 2 threads: 1.5 images each, not 1 and 2). A share is split into groups of
+    whole images where one fits, the groups differing by at most one image, and
+    bands of rows of one image (its first and last partial image, or an image
+    too large for one block), the bands differing by at most one row.
+
+    Returns the largest block in items, the blocks as a (B, 4) int64 array of
+    (first image, images, first row, rows), and the first block of each thread
+    as a (parts + 1,) int64 array (thread t runs blocks ``starts[t]`` to
+    ``starts[t + 1]``); the same arrays for the same arguments (not to be
+    written to)."""
+    fit = max(width, least, budget // per_item)
+    images_fit, rows_fit = fit // (rows * width), fit // width
+    found, starts, total = [], [0], n * rows
+    for t in range(parts):
+        row, stop = t * total // parts, (t + 1) * total // parts
+        while row < stop:
+            image, first = divmod(row, rows)
+            whole = (stop - row) // rows if first == 0 and images_fit else 0
+            if whole:
+                groups = -(-whole // images_fit)
+                found += [(image + j * whole // groups, (j + 1) * whole // groups - j * whole // groups,
+                           0, rows) for j in range(groups)]
+                row += whole * rows
+                continue
+            count = min(rows - first, stop - row)
+            bands = -(-count // rows_fit)
+            found += [(image, 1, first + i * count // bands, (i + 1) * count // bands - i * count // bands)
+                      for i in range(bands)]
+            row += count
+        starts.append(len(found))
+    found = np.array(found, np.int64).reshape(-1, 4)
+    capacity = int((found[:, 1] * found[:, 3]).max() * width) if len(found) else 0
+    return capacity, found, np.array(starts, np.int64)
 
 
 @contextmanager

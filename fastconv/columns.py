@@ -193,10 +193,13 @@ def window_stages(geom, x_shape, groups, threads, reordered_weight=0):
     return threads, hb, wb, c
 
 
-def window_weight(w):
-    """Filters ``w`` (O, C/groups, KH, KW) as (O, KH*KW*C/groups), each row in the
-    order of a group's part of a :func:`windows_serial` row."""
-    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+def window_weight(w, out):
+    """Filters ``w`` (O, C/groups, KH, KW) as (O, KH*KW*C/groups) in ``out``,
+    each row in the order of a group's part of a :func:`windows_serial` row
+    (scratch rather than a fresh array: fresh pages cost more than the copy)."""
+    o, cg, kh, kw = w.shape
+    np.copyto(out.reshape(o, kh, kw, cg), w.transpose(0, 2, 3, 1))
+    return out
 
 
 @serial_kernel
@@ -261,21 +264,22 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
 
 
 @serial_kernel
-def _window_runs(stage, rows, m, gather, groups, kh, kw, sh, sw, dh, dw, oh, ow):
-    """Image m's window rows (see :func:`windows_serial`) against its stage:
-    copied out of it where ``gather``, else summed back into it."""
+def _window_runs(stage, rows, m, gather, groups, kh, kw, sh, sw, dh, dw, y0, y1, ow):
+    """Image m's window rows of the output rows y0 <= y < y1 (see
+    :func:`windows_serial`) against its stage, whose first row is the padded
+    row ``y0*sh``: copied out of it where ``gather``, else summed back into it."""
     hb, wb, channels = stage.shape
     cg = channels // groups
     sf, rf = stage.ravel(), rows.ravel()
     width = np.uint64(rows.shape[1])
     run = np.uint64(cg)
-    for y in range(oh):
+    for y in range(y0, y1):
         for q in range(ow):
-            r = np.uint64((m * oh + y) * ow + q) * width
+            r = np.uint64((m * (y1 - y0) + y - y0) * ow + q) * width
             for g in range(groups):
                 for i in range(kh):
                     for j in range(kw):
-                        s = np.uint64(((y * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
+                        s = np.uint64((((y - y0) * sh + i * dh) * wb + q * sw + j * dw) * channels + g * cg)
                         if gather:
                             for k in range(run):
                                 rf[r + k] = sf[s + k]
@@ -286,16 +290,18 @@ def _window_runs(stage, rows, m, gather, groups, kh, kw, sh, sw, dh, dw, oh, ow)
 
 
 @serial_kernel
-def windows_serial(x, i0, i1, stage, out, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
-    """out[(m*OH + y)*OW + q] = the window of output pixel (y, q) of image i0 + m,
-    ordered (group, kernel row, kernel column, channel of the group): the im2col
-    matrix transposed, channels innermost. Each image is staged once in ``stage``
-    (see :func:`window_stages`) so that every window row copies runs of C/groups
+def windows_serial(x, i0, i1, y0, y1, stage, out, groups, kh, kw, sh, sw, dh, dw, pt, pl, ow):
+    """out[(m*(y1 - y0) + y - y0)*OW + q] = the window of output pixel (y, q),
+    y0 <= y < y1, of image i0 + m, ordered (group, kernel row, kernel column,
+    channel of the group): the im2col matrix transposed, channels innermost.
+    The band of each image the windows read is staged once in ``stage`` (see
+    :func:`window_stages`) so that every window row copies runs of C/groups
     contiguous values."""
-    hb, wb, channels = stage.shape
+    wb, channels = stage.shape[1], stage.shape[2]
+    reach = (y1 - 1 - y0) * sh + (kh - 1) * dh + 1
     for m in range(i1 - i0):
-        stage_rows(x, i0 + m, 0, channels, 0, hb, pt, pl, 1, wb, stage.ravel())
-        _window_runs(stage, out, m, True, groups, kh, kw, sh, sw, dh, dw, oh, ow)
+        stage_rows(x, i0 + m, 0, channels, y0 * sh, reach, pt, pl, 1, wb, stage.ravel())
+        _window_runs(stage, out, m, True, groups, kh, kw, sh, sw, dh, dw, y0, y1, ow)
 
 
 @serial_kernel
@@ -310,14 +316,14 @@ def add_windows_serial(rows, dx, i0, i1, stage, groups, kh, kw, sh, sw, dh, dw, 
             pixel_at[a * w + q] = ((pt + a) * stage.shape[1] + pl + q) * channels
     for m in range(i1 - i0):
         stage[:] = 0
-        _window_runs(stage, rows, m, False, groups, kh, kw, sh, sw, dh, dw, oh, ow)
-        channels_first(stage.ravel(), pixel_at, dx[i0 + m].reshape((channels, h * w)), zero)
+        _window_runs(stage, rows, m, False, groups, kh, kw, sh, sw, dh, dw, 0, oh, ow)
+        channels_first(stage.ravel(), pixel_at, dx[i0 + m].reshape((channels, h * w)), zero, 0)
 
 
 @serial_kernel
-def channels_first(src, pixel_at, dst, bias):
-    """dst[c, q] = src[pixel_at[q] + c] + bias[c]: pixels with their channels
-    innermost back to channel planes ``dst`` (C, P).
+def channels_first(src, pixel_at, dst, bias, q0):
+    """dst[c, q0 + q] = src[pixel_at[q] + c] + bias[c] for q < len(pixel_at):
+    pixels with their channels innermost back to channel planes ``dst`` (C, P).
 
     Square blocks of L channels by L pixels (L values fill a 64-byte vector)
     move with vector shuffles (:func:`fastconv._intrinsics.transpose_add_block`),
@@ -326,24 +332,25 @@ def channels_first(src, pixel_at, dst, bias):
     :data:`TRANSPOSE_BLOCK` pixels channel by channel (1.1-1.5x faster than every
     channel of a pixel in turn, which on planes a multiple of 4 KB apart missed
     the L1 cache on every write)."""
-    channels, pixels = dst.shape
+    channels, pitch = dst.shape
+    pixels = pixel_at.shape[0]
     lanes = VECTOR_BYTES // dst.itemsize
-    flat = dst.reshape(channels * pixels)
     if channels >= lanes and pixels >= lanes:
-        planes = np.arange(lanes).astype(np.uint64) * np.uint64(pixels)
+        flat = dst.reshape(channels * pitch)
+        planes = np.arange(lanes).astype(np.uint64) * np.uint64(pitch)
         for c0 in range(0, channels, lanes):
             c0 = min(c0, channels - lanes)
-            for q0 in range(0, pixels, lanes):
-                q0 = min(q0, pixels - lanes)
-                transpose_add_block(src, np.uint64(c0), pixel_at[q0:q0 + lanes], flat,
-                                    np.uint64(c0 * pixels + q0), planes, bias, c0)
+            for p0 in range(0, pixels, lanes):
+                p0 = min(p0, pixels - lanes)
+                transpose_add_block(src, np.uint64(c0), pixel_at[p0:p0 + lanes], flat,
+                                    np.uint64(c0 * pitch + q0 + p0), planes, bias, c0)
         return
-    for q0 in range(0, pixels, TRANSPOSE_BLOCK):
-        q1 = min(pixels, q0 + TRANSPOSE_BLOCK)
+    for p0 in range(0, pixels, TRANSPOSE_BLOCK):
+        p1 = min(pixels, p0 + TRANSPOSE_BLOCK)
         for c in range(channels):
             plane, b = dst[c], bias[c]
-            for q in range(q0, q1):
-                plane[q] = src[pixel_at[q] + c] + b
+            for q in range(p0, p1):
+                plane[q0 + q] = src[pixel_at[q] + c] + b
 
 
 #: Pixels per block of :func:`channels_first`'s value-by-value copy (a 64-byte line of float32).

@@ -154,7 +154,7 @@ def _grad_weight_tasks(addr, x, go, partials, cols, grads, stage, chunk, groups,
             _side_by_side(go, i0, i1, g2)
             if stage.size:
                 win = c.reshape(((i1 - i0) * p, rows))
-                windows_serial(x, i0, i1, stage[t], win, groups, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+                windows_serial(x, i0, i1, 0, oh, stage[t], win, groups, kh, kw, sh, sw, dh, dw, pt, pl, ow)
                 for g in range(groups):
                     gemm(addr, g2[g * og:(g + 1) * og], win[:, g * rg:(g + 1) * rg], partials[t, g],
                          False, beta)
@@ -375,9 +375,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, *, stride=1, padding=0, dil
     if tasks:
         addr, threads, chunk, staged = tasks
         width = chunk * g.oh * g.ow
-        w2 = window_weight(w) if staged[1] else w.reshape(o, rg)
-        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width), staged) \
-                as (cols, grads, stage), _blas.one_thread():
+        with _workspace.scratch(dtype, (threads, rows * width), (threads, o * width), staged,
+                                (o, rg) if staged[1] else (0, 0)) as (cols, grads, stage, reordered), \
+                _blas.one_thread():
+            w2 = window_weight(w, reordered) if staged[1] else w.reshape(o, rg)
             _grad_input_tasks(addr, go, w2, dx, cols, grads, stage, chunk, groups, *g.taps,
                               work=macs)
         return dx

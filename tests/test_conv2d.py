@@ -90,10 +90,13 @@ def test_depthwise_3x3_from_padded_planes(padding, multiplier, rng, monkeypatch)
 @pytest.mark.parametrize("schedule", ["tasks", "matmul"])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("chunk_bytes", [1, 8 << 20], ids=["one_image_chunks", "default"])
-def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, rng, monkeypatch):
-    """im2col + GEMM on small planes: one task per thread over its images (BLAS
-    inside the tasks), or matmuls between parallel kernels where no BLAS is callable
-    from kernels; odd batch, stride 2, groups, chunks of one image."""
+@pytest.mark.parametrize("batch, channels", [(5, 16), (1, 64)], ids=["columns", "window_rows"])
+def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, batch, channels, rng, monkeypatch):
+    """im2col + GEMM on small planes: one task per thread over its share of the
+    output rows (BLAS inside the tasks; an odd batch or a single image puts a
+    thread's blocks across images or in bands of rows), or matmuls between
+    parallel kernels where no BLAS is callable from kernels; stride 2, groups,
+    chunks of one image, im2col columns and window rows."""
     calls = []
     original = conv._merged_tasks
     monkeypatch.setattr(conv, "_merged_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -101,12 +104,32 @@ def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, rng, monkeypa
     monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
     if schedule == "matmul":
         monkeypatch.setattr(_blas, "address", lambda dtype: None)
-    x = random_array(rng, (5, 16, 21, 19), np.float32)
-    w = random_array(rng, (12, 16 // groups, 5, 5), np.float32)
+    x = random_array(rng, (batch, channels, 21, 19), np.float32)
+    w = random_array(rng, (12, channels // groups, 5, 5), np.float32)
     b = random_array(rng, (12,), np.float32)
     y = fc.conv2d(x, w, b, stride=2, padding=1, groups=groups)
     assert_matches(y, reference.conv2d(x, w, b, stride=2, padding=1, groups=groups))
-    assert bool(calls) == (schedule == "tasks" and numba.get_num_threads() <= 5)
+    assert bool(calls) == (schedule == "tasks")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 14, 14), (8, 14, 14), (3, 7, 12), (5, 1, 9), (2, 30, 3)])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("budget", [1, 50_000, 1 << 30])
+def test_block_plan_covers_every_row_once(shape, parts, budget):
+    """The blocks (whole images, or rows of one image) cover every row of every
+    image once, fit the capacity, and give the threads shares at most one row apart."""
+    n, rows, width = shape
+    capacity, blocks, starts = _workspace.blocks(n, rows, width, 1000, budget, 64, parts)
+    covered = np.zeros((n, rows), int)
+    for n0, nb, a0, ta in blocks:
+        assert nb >= 1 and ta >= 1 and nb * ta * width <= capacity
+        assert nb == 1 or (a0, ta) == (0, rows)
+        covered[n0:n0 + nb, a0:a0 + ta] += 1
+    assert (covered == 1).all()
+    assert starts[0] == 0 and starts[-1] == len(blocks) and len(starts) == parts + 1
+    shares = [int((blocks[starts[t]:starts[t + 1], 1] * blocks[starts[t]:starts[t + 1], 3]).sum())
+              for t in range(parts)]
+    assert max(shares) - min(shares) <= 1
 
 
 @pytest.mark.parametrize("layout", list(layouts(np.zeros((1,)))))

@@ -92,15 +92,6 @@ def test_grouped_conv2d_takes_the_winograd_path(monkeypatch, rng):
     assert_matches(result, reference.conv2d(x, w, padding=1, groups=2))
 
 
-@pytest.fixture(autouse=True)
-def fresh_block_plans():
-    """Block plans are cached per shape: tests that change the block sizes see
-    plans made with them."""
-    _winograd._blocks.cache_clear()
-    yield
-    _winograd._blocks.cache_clear()
-
-
 @pytest.fixture(params=["fused", "matmul"])
 def schedule(request, monkeypatch):
     """The fused schedule (BLAS called from the kernels), or the fallback where
@@ -121,29 +112,9 @@ def test_blocks_of_images_and_tile_rows(variant, run, schedule, monkeypatch, rng
     for budget in (1, 20_000, 200_000):
         for constant in ("BLOCK_BYTES", "MAX_BLOCK_BYTES", "CHUNK_BYTES"):
             monkeypatch.setattr(_winograd, constant, budget)
-        _winograd._blocks.cache_clear()
         assert _winograd._budget(1, 1 << 30) == _winograd._budget(None, 0) == budget
         result, expected = run(((3, 8, 23, 10), 6, 1), np.float64, VARIANTS[variant], rng)
         assert_matches(result, expected)
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 14, 14), (8, 14, 14), (3, 7, 12), (5, 1, 9), (2, 30, 3)])
-@pytest.mark.parametrize("parts", [1, 2, 3])
-@pytest.mark.parametrize("budget", [1, 50_000, 1 << 30])
-def test_block_plan_covers_every_tile_once(shape, parts, budget):
-    """The blocks tile (images x tile rows) exactly once, fit the capacity, and
-    give the threads shares that differ by at most one tile row."""
-    n, th, tw = shape
-    capacity, blocks, starts = _winograd._blocks(n, th, tw, 1000, budget, parts)
-    covered = np.zeros((n, th), int)
-    for n0, nb, a0, ta in blocks:
-        assert nb >= 1 and ta >= 1 and nb * ta * tw <= capacity
-        covered[n0:n0 + nb, a0:a0 + ta] += 1
-    assert (covered == 1).all()
-    assert starts[0] == 0 and starts[-1] == len(blocks) and len(starts) == parts + 1
-    rows = [int((blocks[starts[t]:starts[t + 1], 1] * blocks[starts[t]:starts[t + 1], 3]).sum())
-            for t in range(parts)]
-    assert max(rows) - min(rows) <= 1
 
 
 def test_one_tile_and_blocks_across_images(monkeypatch, rng):
