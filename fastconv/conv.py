@@ -326,7 +326,7 @@ def _merged_tasks(addr, x, w2, b, out3, cols, tmp, stage, blocks, starts, groups
                         dst[q] = src[q] + bias
 
 
-def image_blocks(n, oh, ow, per_pixel, threads):
+def image_blocks(n, oh, ow, per_pixel, threads, bands=True):
     """Blocks of output pixels for one task per thread over n images of (OH, OW)
     pixels, ``per_pixel`` bytes of windows and results each: (largest block in
     pixels, blocks, each thread's first block) as :func:`fastconv._workspace.blocks`
@@ -337,13 +337,14 @@ def image_blocks(n, oh, ow, per_pixel, threads):
     fit L2 ran 0.77-0.91x as fast) or of the rows of an image that a share
     splits, where every block keeps ``MIN_CHUNK_PIXELS`` (a block's GEMM packs
     the whole weight: with 98-pixel bands a (1, 128, 28, 28) stride-2 layer ran
-    0.91x as fast). Else each thread takes whole images, ``images_per_chunk``
-    at a time."""
+    0.91x as fast). Else, or without ``bands``, each thread takes whole images,
+    ``images_per_chunk`` at a time."""
     p, least = oh * ow, _workspace.MIN_CHUNK_PIXELS
-    capacity, blocks, starts = _workspace.blocks(n, oh, ow, per_pixel, _workspace.CHUNK_BYTES,
-                                                 max(p, least), threads)
-    if (blocks[:, 1] * blocks[:, 3]).min() * ow >= least:
-        return capacity, blocks, starts
+    if bands:
+        capacity, blocks, starts = _workspace.blocks(n, oh, ow, per_pixel, _workspace.CHUNK_BYTES,
+                                                     max(p, least), threads)
+        if (blocks[:, 1] * blocks[:, 3]).min() * ow >= least:
+            return capacity, blocks, starts
     if n < threads:
         return None
     chunk = _workspace.images_per_chunk(n, per_pixel * p, p, threads)

@@ -1,7 +1,6 @@
 """conv2d forward against fastconv.reference (and im2col + GEMM), over one case table."""
 import threading
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
