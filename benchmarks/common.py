@@ -15,8 +15,8 @@ Per operation (``Conv2d`` stands for any):
   and pages touched in ``setup``), per workload and dtype;
 * ``Conv2dRelative.track_relative_time`` - fastconv's time as a fraction of the
   operation's baseline (a plain NumPy recipe or the einsum reference; lower is
-  better, as asv assumes), both timed in alternating rounds in one process, so
-  that a slower or busier machine moves both and the ratio stays;
+  better, as asv assumes), both timed in alternating batches of calls in one
+  process, so that a slower or busier machine moves both and the ratio stays;
 * ``Conv2dPeers.time_conv2d`` - the peers (torch, the from-scratch recipes);
 * ``Conv2dReference.time_conv2d`` - the einsum reference, on the workloads where
   it takes at most a few seconds;
@@ -135,15 +135,34 @@ def median_time(run, min_seconds=0.02, calls=3):
     return statistics.median(times)
 
 
-def relative_time(pairs, rounds=6):
-    """Median over rounds of fast time / baseline time, the two timed in turn on
-    the same arrays; the rounds cycle through ``pairs`` of (fast, baseline) built
-    on separately allocated arrays (the arrays' alignment moves both times)."""
+def relative_time(pairs, seconds=0.5, least=15, batch_seconds=1e-3):
+    """Median of paired ratios fast time / baseline time: a batch of fast calls,
+    then a batch of baseline calls as long (at least ``batch_seconds`` each, so
+    the timer's resolution does not count), over and over for ``seconds`` and at
+    least ``least`` pairs, cycling through ``pairs`` of (fast, baseline) built on
+    separately allocated arrays (the arrays' alignment moves both times). A pair
+    is timed back to back, so a busy stretch of a shared machine moves both of
+    its times (timing each method for a whole round instead left the ratio of
+    small outer-Hadamard products spread over 0.32-0.76 between processes)."""
+    batches = []
+    for fast, baseline in pairs:
+        counts = []
+        for run in (fast, baseline):
+            start = TIMER()
+            run()
+            counts.append(max(1, int(batch_seconds / max(TIMER() - start, 1e-9))))
+        batches.append((fast, baseline, max(counts)))
     ratios = []
-    for round_ in range(rounds):
-        fast, baseline = pairs[round_ % len(pairs)]
-        fast_time = median_time(fast)
-        ratios.append(fast_time / median_time(baseline))
+    stop = TIMER() + seconds
+    while len(ratios) < least or TIMER() < stop:
+        fast, baseline, count = batches[len(ratios) % len(batches)]
+        start = TIMER()
+        for _ in range(count):
+            fast()
+        middle = TIMER()
+        for _ in range(count):
+            baseline()
+        ratios.append((middle - start) / (TIMER() - middle))
     return statistics.median(ratios)
 
 
