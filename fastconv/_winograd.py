@@ -26,10 +26,10 @@ points (:func:`_cook_toom`); one table-driven kernel serves every variant.
 
 Schedule: each thread takes an equal share of the images' tile rows, split into
 blocks (:func:`fastconv._workspace.blocks`: groups of images, or bands of tile
-rows of one image, V and M of a block about ``BLOCK_BYTES``), and one numba task per thread runs its
-blocks start to end: input transform,
-the alpha**2 GEMMs as single-threaded BLAS calls (:mod:`fastconv._blas`), output
-transform, while the block is in the core's cache. Where no BLAS is callable
+rows of one image, V and M of a block about ``BLOCK_BYTES``), and one numba task
+per thread runs its blocks start to end: input transform, the alpha**2 GEMMs as
+single-threaded BLAS calls (:mod:`fastconv._blas`), output transform, while the
+block is in the core's cache. Where no BLAS is callable
 from kernels, larger chunks (``CHUNK_BYTES``) alternate parallel transforms with
 one batched NumPy matmul.
 

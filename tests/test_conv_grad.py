@@ -234,6 +234,27 @@ def test_strided_gradient_schedules(schedule, groups, chunk_bytes, batch, channe
     assert calls == expected
 
 
+def test_weight_gradient_tasks_with_more_threads_than_rows(rng, monkeypatch):
+    """A single output row leaves every thread but one without blocks: their dW
+    partials are zero, not stale scratch."""
+    calls = []
+    original = conv_grad._grad_weight_tasks
+    monkeypatch.setattr(conv_grad, "_grad_weight_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(conv_grad, "_SMALL_MACS", 0)
+    monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
+    with _workspace.scratch(np.float64, (1 << 16,)) as (kept,):
+        kept[:] = np.nan  # the scratch the call below reuses
+    for _ in range(2):
+        x = random_array(rng, (1, 64, 2, 13), np.float64)
+        w = random_array(rng, (8, 64, 3, 3), np.float64)
+        kw = dict(stride=2, padding=1)
+        g = random_array(rng, reference.conv2d(x, w, **kw).shape, np.float64)
+        assert g.shape[2] == 1
+        assert_matches(fc.conv2d_grad_weight(x, g, w.shape, **kw),
+                       reference.conv2d_grad_weight(x, g, w.shape, **kw))
+    assert len(calls) == (2 if _blas.address(np.float64) is not None else 0)
+
+
 #: shapes whose convolution tasks gather windows as rows with channels innermost
 WINDOW_CASES = {
     "strided": ((4, 32, 15, 13), (24, 32, 3, 3), dict(stride=2, padding=1)),
