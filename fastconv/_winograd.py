@@ -58,8 +58,8 @@ from numba import prange
 from . import _blas, _workspace
 from ._blas import gemm, gemm_at
 from ._config import kernel, serial_kernel, thread_count
-from ._intrinsics import VECTOR_BYTES, transpose_add_block, transpose_block
-from .columns import stage_rows
+from ._intrinsics import VECTOR_BYTES, transpose_block
+from .columns import channels_first, stage_rows
 
 
 class Variant(NamedTuple):
@@ -281,16 +281,16 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
     coefs = np.empty(alpha, mm.dtype)
     step = np.uint64(n_out)  # from one tile column to the next in y
     whole = min(tw, ow // m)  # tile columns inside the plane
-    # Blocks of L output channels by L columns of whole tiles move with vector
-    # shuffles (row i of a block: column i's channels in y; row j: channel j's
-    # columns), the last block of each overlapping the one before where L does
-    # not divide the count; with fewer than L of either, columns go one by one.
+    # The columns of whole tiles move in square blocks with vector shuffles
+    # (:func:`fastconv.columns.channels_first`) where there are at least L of
+    # them and L channels; the others go one by one.
     lanes = VECTOR_BYTES // mm.itemsize
-    blocked = n_out >= lanes and whole * m >= lanes and lanes % m == 0
+    blocked = n_out >= lanes and whole * m >= lanes
     blocked_channels = n_out if blocked else 0
     blocked_columns = whole * m if blocked else 0
-    src_rows = (np.arange(lanes) % m * plane + np.arange(lanes) // m * n_out).astype(np.uint64)
-    dst_rows = (np.arange(lanes) * (oh * ow)).astype(np.uint64)
+    pixel_at = np.empty(blocked_columns, np.uint64)  # column of the row -> its channels in y
+    for col in range(blocked_columns):
+        pixel_at[col] = (col % m) * plane + (col // m) * n_out
     s = np.empty(alpha * plane, mm.dtype)
     y = np.empty(m * plane, mm.dtype)
     for u in range(m):
@@ -308,12 +308,9 @@ def _output_tiles(mm, at, bias, out, n0, a0, th, tw):
                     break
                 tile = (k * th + a) * tw
                 dst = np.uint64((((n0 + k) * n_out) * oh + row) * ow)
-                for o in range(0, blocked_channels, lanes):
-                    o = min(o, n_out - lanes)  # the last block overlaps the one before
-                    for col in range(0, blocked_columns, lanes):
-                        col = min(col, blocked_columns - lanes)
-                        transpose_add_block(y, (tile + col // m) * n_out + o, src_rows, outf,
-                                            dst + np.uint64(o * oh * ow + col), dst_rows, bias, o)
+                if blocked:
+                    channels_first(y[tile * n_out:], pixel_at, out[n0 + k].reshape((n_out, oh * ow)), bias,
+                                   row * ow)
                 for o in range(n_out):  # the columns of channels not moved in blocks
                     bo = bias[o]
                     d = dst + np.uint64(o * oh * ow)
