@@ -242,7 +242,7 @@ def _input_channels(x, bt, m, pt, pl, n0, a0, th, tw, v, c0, c1, limit):
     cols = np.empty(alpha * pitch, x.dtype)  # one tile row's column pass: cols[i, l, b, c]
     inside = True
     for k in range(nb):
-        stage_rows(x, n0 + k, c0, group, a0 * m, rows, pt, pl, m, phase, staged)
+        stage_rows(x, n0 + k, c0, group, a0 * m, rows, 1, pt, pl, m, phase, staged)
         inside &= _within(staged, limit)
         for a in range(th):
             # column pass cols[i] = sum_r B^T[i, r] staged[a*m + r], then row pass

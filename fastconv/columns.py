@@ -203,11 +203,11 @@ def window_weight(w, out):
 
 
 @serial_kernel
-def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
-    """Rows ``first <= r < first + rows`` of image n's padded plane (zero outside
+def stage_rows(x, n, c0, group, first, rows, step, pt, pl, m, phase, staged):
+    """Rows ``first + i*step`` (i < rows) of image n's padded plane (zero outside
     the image), channels ``c0 <= c < c0 + group`` innermost, columns in phase
-    order: padded column ``b*m + l`` (b < phase, l < m) of row r at
-    ``staged[((r - first)*m*phase + l*phase + b)*group + c]``. With m = 1 the
+    order: padded column ``b*m + l`` (b < phase, l < m) of the i-th row at
+    ``staged[(i*m*phase + l*phase + b)*group + c]``. With m = 1 the
     columns keep their order.
 
     Square blocks of L channels by L columns (L values fill a 64-byte vector)
@@ -230,7 +230,7 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
         for l in range(m):
             place[b * m + l] = (l * phase + b) * group
     for r in range(rows):  # zero padding: rows outside the image, columns left and right of it
-        row, at = first + r - pt, np.uint64(r * pitch)
+        row, at = first + r * step - pt, np.uint64(r * pitch)
         if row < 0 or row >= h:
             for d in range(at, at + np.uint64(pitch)):
                 staged[d] = 0
@@ -243,7 +243,7 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
     for block in range(0, group if blocked else 0, lanes):
         block = min(block, group - lanes)  # the last block overlaps the one before
         for r in range(rows):
-            row = first + r - pt
+            row = first + r * step - pt
             if row < 0 or row >= h:
                 continue
             at = np.uint64(r * pitch + block)
@@ -253,7 +253,7 @@ def stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged):
                 transpose_block(xf, src + np.uint64(col), planes, staged, at,
                                 place[pl + col:pl + col + lanes])
     for r in range(rows if not blocked else 0):
-        row = first + r - pt
+        row = first + r * step - pt
         if row < 0 or row >= h:
             continue
         at, src = np.uint64(r * pitch), np.uint64(((n * channels + c0) * h + row) * wd)
@@ -300,7 +300,7 @@ def windows_serial(x, i0, i1, y0, y1, stage, out, groups, kh, kw, sh, sw, dh, dw
     wb, channels = stage.shape[1], stage.shape[2]
     reach = (y1 - 1 - y0) * sh + (kh - 1) * dh + 1
     for m in range(i1 - i0):
-        stage_rows(x, i0 + m, 0, channels, y0 * sh, reach, pt, pl, 1, wb, stage.ravel())
+        stage_rows(x, i0 + m, 0, channels, y0 * sh, reach, 1, pt, pl, 1, wb, stage.ravel())
         _window_runs(stage, out, m, True, groups, kh, kw, sh, sw, dh, dw, y0, y1, ow)
 
 

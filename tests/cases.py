@@ -123,6 +123,7 @@ NONFINITE_CASES = {
     "winograd_3x3": ((2, 64, 20, 20), (64, 64, 3, 3), 1, 1, 1),     # Winograd F(2x2,3x3)
     "winograd_3x3_large": ((2, 64, 32, 32), (64, 64, 3, 3), 1, 1, 1),  # Winograd F(4x4,3x3)
     "gemm_5x5_s2": ((2, 16, 20, 20), (32, 16, 5, 5), 2, 2, 1),      # im2col + GEMM, merged
+    "gemm_per_tap": ((2, 32, 32, 32), (16, 32, 3, 3), 2, 1, 1),     # a GEMM per tap, no windows
     "gemm_grouped": ((2, 32, 20, 19), (32, 8, 3, 3), 2, 1, 4),      # im2col + GEMM per group
     "gemm_wide_plane": ((1, 3, 131, 130), (8, 3, 5, 5), 2, 2, 1),   # im2col + GEMM, stacked
 }

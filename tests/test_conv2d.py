@@ -111,6 +111,34 @@ def test_small_plane_gemm_schedules(schedule, groups, chunk_bytes, batch, channe
     assert bool(calls) == (schedule == "tasks")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_bytes", [1, 8 << 20], ids=["bands", "default"])
+@pytest.mark.parametrize("x_shape, w_shape, window", [
+    ((3, 64, 17, 23), (48, 64, 3, 3), dict(stride=2, padding=1)),
+    ((1, 64, 20, 15), (40, 64, 3, 3), dict(stride=1, padding=1, dilation=2)),
+    ((2, 64, 19, 21), (32, 32, 5, 5), dict(stride=2, padding=2, groups=2)),
+    ((2, 32, 16, 14), (24, 32, 3, 3), dict(stride=3, padding=0)),
+    ((2, 32, 12, 30), (16, 32, 3, 5), dict(stride=(2, 1), padding=(1, 2))),
+    ((2, 32, 9, 10), (8, 32, 2, 4), dict(padding="same")),
+], ids=["s2", "dilated", "groups_5x5", "s3", "uneven", "same_even"])
+def test_shifted_gemm_schedules(x_shape, w_shape, window, chunk_bytes, dtype, rng, monkeypatch):
+    """One GEMM per tap over the staged input (no window matrix), for strides,
+    dilation, groups, uneven and asymmetric windows, on whole images and on bands
+    of rows."""
+    calls = []
+    original = conv._shifted_tasks
+    monkeypatch.setattr(conv, "_shifted_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(conv, "SHIFTED_WASTE", 10.0)
+    monkeypatch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
+    x = random_array(rng, x_shape, dtype)
+    w = random_array(rng, w_shape, dtype)
+    b = random_array(rng, (w_shape[0],), dtype)
+    y = fc.conv2d(x, w, b, **window)
+    assert calls
+    assert_matches(y, reference.conv2d(x, w, b, **window))
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 14, 14), (8, 14, 14), (3, 7, 12), (5, 1, 9), (2, 30, 3)])
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("budget", [1, 50_000, 1 << 30])
