@@ -355,49 +355,73 @@ def shifted_grid(geom, x_shape, groups):
     return columns, extra
 
 
+@serial_kernel
+def stage_phases(x, i0, count, y0, band, extra, sh, sw, pt, pl, columns, stage):
+    """Stage a block of :func:`_shifted_tasks` (images i0 to i0 + count, output
+    rows y0 to y0 + band) in ``stage``: channels innermost, each image's padded
+    rows split by their phase modulo the stride (phase plane p of image i holds
+    the padded rows ``y0*sh + p + r*sh``, r < band + extra, planes ordered (p, i)),
+    every staged row ``columns*sw`` pixels wide; then zeros for the dropped grid
+    pixels to read past the end. Returns the staged block as (rows, sw*C): one
+    row per grid pixel."""
+    channels = x.shape[1]
+    pitch = sw * channels
+    plane = (band + extra) * columns * pitch
+    for p in range(sh):
+        for i in range(count):
+            at = (p * count + i) * plane
+            stage_rows(x, i0 + i, 0, channels, y0 * sh + p, band + extra, sh, pt, pl, 1, columns * sw,
+                       stage[at:at + plane])
+    end = sh * count * plane
+    used = end + (extra + 1) * columns * pitch
+    stage[end:used] = 0
+    return stage[:used].reshape((used // pitch, pitch))
+
+
+@serial_kernel
+def tap_matrix(staged, i, j, pixels, columns, sh, sw, dh, dw, c0, c1):
+    """The (pixels, c1 - c0) matrix of channels c0 to c1 of the staged pixels that
+    kernel tap (i, j) reads for the first ``pixels`` grid pixels of a block staged
+    by :func:`stage_phases` (``pixels`` = images x plane rows x ``columns``): its
+    rows are ``sw*C`` values apart."""
+    channels = staged.shape[1] // sw
+    first = (i * dh) % sh * pixels + (i * dh) // sh * columns + j * dw // sw
+    col = j * dw % sw * channels
+    return staged[first:first + pixels, col + c0:col + c1]
+
+
 @kernel
 def _shifted_tasks(addr, x, w2, b, out3, stage, tmp, blocks, starts, groups, kh, kw, sh, sw, dh, dw, pt, pl,
                    ow, columns):
-    """conv2d as one GEMM per tap over the input itself, one task per thread
-    over its blocks (as :func:`_merged_tasks`): no window matrix.
+    """conv2d as one GEMM per kernel tap over the input itself, one task per
+    thread over its blocks (as :func:`_merged_tasks`): no window matrix.
 
-    A block's images are staged channels innermost in ``stage[t]``, each image's
-    rows split by their phase modulo the stride (plane p holds the padded rows
-    ``y0*sh + p + r*sh``), every staged row ``columns*sw`` pixels wide. On a grid
-    of ``columns`` pixels per row, output pixel (y, q) of tap (i, j) then reads
-    the staged pixel ``q*sw + j*dw`` of plane row ``y + i*dh // sh``: for each tap
-    the pixels a block's outputs read form one matrix with a row stride of
-    ``sw*C`` values, and ``tmp[t] += that @ w_tap`` sums the taps on the grid.
-    Grid pixels beyond the output's columns and rows are computed and dropped.
-    w2 is (O, KH*KW*C/groups), taps ordered (KH, KW, C/groups)."""
+    A block is staged by :func:`stage_phases`. On a grid of ``columns`` pixels
+    per row, output pixel (y, q) of tap (i, j) reads the staged pixel
+    ``q*sw + j*dw`` of plane row ``y + i*dh // sh``, so the pixels a block's
+    outputs read through one tap form one matrix (:func:`tap_matrix`), and
+    ``tmp[t] += that @ w_tap`` sums the taps on the grid. Grid pixels beyond the
+    output's columns and rows are computed and dropped. w2 is (O, KH*KW*C/groups),
+    taps ordered (KH, KW, C/groups)."""
     threads = stage.shape[0]
-    channels, o = x.shape[1], out3.shape[1]
-    cg, og = channels // groups, o // groups
+    o = out3.shape[1]
+    cg, og = x.shape[1] // groups, o // groups
     extra = (kh - 1) * dh // sh
-    pitch = sw * channels
     pixel_at = np.empty(out3.shape[2], np.uint64)  # output pixel -> its row of tmp
     for q in range(out3.shape[2]):
         pixel_at[q] = np.uint64((q // ow * columns + q % ow) * o)
     for t in prange(threads):
         for k in range(starts[t], starts[t + 1]):
             i0, count, y0, band = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
-            plane = (band + extra) * columns  # grid rows of one image's phase plane
-            m = count * plane
-            for p in range(sh):
-                for i in range(count):
-                    at = (p * count + i) * plane * pitch
-                    stage_rows(x, i0 + i, 0, channels, y0 * sh + p, band + extra, sh, pt, pl, 1,
-                               columns * sw, stage[t, at:at + plane * pitch])
-            used = (sh * count * plane + (extra + 1) * columns) * pitch
-            stage[t, sh * m * pitch:used] = 0  # read only by dropped grid pixels
-            z = stage[t, :used].reshape((used // pitch, pitch))
-            mt = tmp[t, :m * o].reshape((m, o))
+            plane = (band + extra) * columns
+            staged = stage_phases(x, i0, count, y0, band, extra, sh, sw, pt, pl, columns, stage[t])
+            mt = tmp[t, :count * plane * o].reshape((count * plane, o))
             for i in range(kh):
                 for j in range(kw):
-                    first = (i * dh) % sh * m + (i * dh) // sh * columns + j * dw // sw
-                    col, tap = j * dw % sw * channels, i * kw + j
+                    tap = i * kw + j
                     for g in range(groups):
-                        gemm(addr, z[first:first + m, col + g * cg:col + (g + 1) * cg],
+                        gemm(addr, tap_matrix(staged, i, j, count * plane, columns, sh, sw, dh, dw, g * cg,
+                                              (g + 1) * cg),
                              w2[g * og:(g + 1) * og, tap * cg:(tap + 1) * cg], mt[:, g * og:(g + 1) * og],
                              True, 0.0 if tap == 0 else 1.0)
             for i in range(count):
@@ -412,18 +436,16 @@ def _gemm_shifted(addr, x, w, b, result, geom, groups, threads, grid):
     o = w.shape[0]
     g = geom
     columns, extra = grid
-    per_pixel = (g.sh * g.sw * c + o) * x.itemsize
-    plan = image_blocks(n, g.oh, g.ow, per_pixel, threads)
+    plan = image_blocks(n, g.oh, g.ow, (g.sh * g.sw * c + o) * x.itemsize, threads)
     if plan is None:
         return False
     _, blocks, starts = plan
-    rows = blocks[:, 1] * (blocks[:, 3] + extra) * columns
-    stage = (g.sh * rows.max() + (extra + 1) * columns) * g.sw * c
-    with _workspace.scratch(x.dtype, (threads, stage), (threads, rows.max() * o), (o, w[0].size)) \
+    pixels = int((blocks[:, 1] * (blocks[:, 3] + extra)).max()) * columns  # a block's grid
+    stage = (g.sh * pixels + (extra + 1) * columns) * g.sw * c
+    with _workspace.scratch(x.dtype, (threads, stage), (threads, pixels * o), (o, w[0].size)) \
             as (staged, tmp, reordered), _blas.one_thread():
         _shifted_tasks(addr, x, window_weight(w, reordered), b, result.reshape(n, o, -1), staged, tmp,
-                       blocks, starts, groups, *geom.taps, g.ow, columns,
-                       work=result.size * w[0].size)
+                       blocks, starts, groups, *g.taps, g.ow, columns, work=result.size * w[0].size)
     return True
 
 
