@@ -247,20 +247,22 @@ def test_transpose_block_moves_a_square_block(offsets, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("step", [1, 2])
 @pytest.mark.parametrize("width, group", [(70, 19), (21, 19), (9, 19), (21, 5)])
-def test_stage_rows_copies_a_band_channels_last(width, group, dtype):
-    """The channels-last copy under the window rows and the Winograd input
-    transform: a band of padded rows of a channel range, columns in phase order,
-    zero outside the image; square blocks of channels and columns (the last ones
-    overlapping) where there are enough of both, value by value where not."""
+def test_stage_rows_copies_a_band_channels_last(width, group, step, dtype):
+    """The channels-last copy under the window rows, the per-tap GEMMs and the
+    Winograd input transform: every ``step``-th padded row of a band of a channel
+    range, columns in phase order, zero outside the image; square blocks of
+    channels and columns (the last ones overlapping) where there are enough of
+    both, value by value where not."""
     rng = np.random.default_rng(width)
     x = rng.standard_normal((2, 23, 9, width)).astype(dtype)
     n, c0, first, rows, pt, pl, m = 1, 3, 2, 8, 3, 2, 2
     phase = -(-(width + pl + 1) // m)
     staged = np.full(rows * m * phase * group, np.nan, dtype)
-    stage_rows(x, n, c0, group, first, rows, pt, pl, m, phase, staged)
-    padded = np.zeros((group, x.shape[2] + 2 * pt + rows, m * phase), dtype)
+    stage_rows(x, n, c0, group, first, rows, step, pt, pl, m, phase, staged)
+    padded = np.zeros((group, x.shape[2] + 2 * pt + rows * step, m * phase), dtype)
     padded[:, pt:pt + x.shape[2], pl:pl + width] = x[n, c0:c0 + group]
-    band = padded[:, first:first + rows]  # (group, rows, columns)
+    band = padded[:, first:first + rows * step:step]  # (group, rows, columns)
     expected = band.reshape(group, rows, phase, m).transpose(1, 3, 2, 0)  # column b*m + l at l*phase + b
     np.testing.assert_array_equal(staged.reshape(rows, m, phase, group), expected)
