@@ -340,6 +340,41 @@ def test_property_matches_reference(case, dtype, bias):
     assert_matches(fc.conv2d(x, w, b, **_kwargs(case)), reference.conv2d(x, w, b, **_kwargs(case)))
 
 
+@st.composite
+def per_tap_convolutions(draw):
+    """Layers of 32 or more channels per group, as the per-tap GEMM path takes them."""
+    groups = draw(st.sampled_from([1, 2]))
+    c, o = groups * draw(st.sampled_from([32, 40])), groups * draw(st.integers(1, 12))
+    kh, kw = draw(st.sampled_from([(1, 2), (2, 2), (3, 3), (3, 1), (4, 3)]))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * padding[0]), 16))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * padding[1]), 16))
+    n = draw(st.integers(1, 3))
+    return ((n, c, h, w), (o, c // groups, kh, kw), stride, padding, (dh, dw), groups)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None)
+@given(per_tap_convolutions(), st.sampled_from(DTYPES), st.sampled_from([1, 8 << 20]))
+def test_property_per_tap_gemms_match_reference(case, dtype, chunk_bytes):
+    """The per-tap GEMM path on any stride, dilation, padding and kernel (its grid
+    limit lifted, and taken however small the call), on whole images and bands."""
+    x, w, b = _arrays(np.random.default_rng(2), case, dtype)
+    calls = []
+    original = conv._shifted_tasks
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv, "_shifted_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
+        patch.setattr(conv, "route", lambda *args: "gemm")
+        patch.setattr(conv, "SHIFTED_WASTE", 100.0)
+        patch.setattr(_workspace, "CHUNK_BYTES", chunk_bytes)
+        patch.setattr(_workspace, "MIN_CHUNK_PIXELS", 1)
+        y = fc.conv2d(x, w, b, **_kwargs(case))
+    assert calls
+    assert_matches(y, reference.conv2d(x, w, b, **_kwargs(case)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("groups", [1, 4])
